@@ -1,0 +1,257 @@
+#include "cache.h"
+
+#include "server/alloc.h"
+#include "server/arena.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { RECONNECT_BACKOFF_MS = 1000 };
+
+/* One thread's connection; all of them are listed so cache_free can close them. */
+struct cache_conn {
+    redisContext *ctx;
+    int64_t down_until_ms;
+    struct cache_conn *next;
+};
+
+struct cache {
+    char *host, *password;
+    int port, db;
+    unsigned timeout_ms;
+    pthread_mutex_t lock;
+    struct cache_conn *conns;
+    atomic_uint_fast64_t hits, misses, errors;
+};
+
+static _Thread_local struct cache_conn *thread_conn;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool parse_url(struct cache *c, const char *url, char *err, size_t errlen)
+{
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "REDIS_URL must start with redis://");
+        return false;
+    }
+    const char *s = url + 8;
+    const char *at = strrchr(s, '@');
+    if (at) {
+        const char *colon = memchr(s, ':', (size_t)(at - s));
+        const char *pw = colon ? colon + 1 : s;
+        c->password = xstrndup(pw, (size_t)(at - pw));
+        s = at + 1;
+    }
+    size_t host_len = strcspn(s, ":/");
+    if (host_len == 0 || s[host_len] != ':') {
+        snprintf(err, errlen, "REDIS_URL must be redis://[:password@]host:port[/db]");
+        return false;
+    }
+    c->host = xstrndup(s, host_len);
+    char *end;
+    long port = strtol(s + host_len + 1, &end, 10);
+    long db = 0;
+    if (*end == '/' && end[1])
+        db = strtol(end + 1, &end, 10);
+    else if (*end == '/')
+        end++;
+    if (*end || port < 1 || port > 65535 || db < 0 || db > 1000) {
+        snprintf(err, errlen, "REDIS_URL has a bad port or database number");
+        return false;
+    }
+    c->port = (int)port;
+    c->db = (int)db;
+    return true;
+}
+
+struct cache *cache_new(const char *url, unsigned timeout_ms, char *err, size_t errlen)
+{
+    struct cache *c = xcalloc(1, sizeof(*c));
+    c->timeout_ms = timeout_ms;
+    pthread_mutex_init(&c->lock, NULL);
+    if (url && *url && !parse_url(c, url, err, errlen)) {
+        cache_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void cache_free(struct cache *c)
+{
+    if (!c)
+        return;
+    while (c->conns) {
+        struct cache_conn *cc = c->conns;
+        c->conns = cc->next;
+        if (cc->ctx)
+            redisFree(cc->ctx);
+        free(cc);
+    }
+    if (c->password)
+        xfree_secret(c->password, strlen(c->password));
+    free(c->host);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+bool cache_enabled(const struct cache *c)
+{
+    return c && c->host;
+}
+
+static bool command_ok(redisContext *ctx, const char *fmt, const char *arg)
+{
+    redisReply *r = arg ? redisCommand(ctx, fmt, arg) : redisCommand(ctx, fmt);
+    bool ok = r && r->type != REDIS_REPLY_ERROR;
+    if (r)
+        freeReplyObject(r);
+    return ok;
+}
+
+static redisContext *open_context(struct cache *c)
+{
+    struct timeval tv = {.tv_sec = c->timeout_ms / 1000,
+                         .tv_usec = (long)(c->timeout_ms % 1000) * 1000};
+    redisContext *ctx = redisConnectWithTimeout(c->host, c->port, tv);
+    if (!ctx || ctx->err || redisSetTimeout(ctx, tv) != REDIS_OK) {
+        if (ctx)
+            redisFree(ctx);
+        return NULL;
+    }
+    char db[16];
+    snprintf(db, sizeof(db), "%d", c->db);
+    if ((c->password && !command_ok(ctx, "AUTH %s", c->password)) ||
+        (c->db && !command_ok(ctx, "SELECT %s", db))) {
+        redisFree(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* This thread's live connection, or NULL while Redis is down (retried after a backoff). */
+static redisContext *thread_context(struct cache *c)
+{
+    if (!thread_conn) {
+        thread_conn = xcalloc(1, sizeof(*thread_conn));
+        pthread_mutex_lock(&c->lock);
+        thread_conn->next = c->conns;
+        c->conns = thread_conn;
+        pthread_mutex_unlock(&c->lock);
+    }
+    struct cache_conn *cc = thread_conn;
+    if (cc->ctx)
+        return cc->ctx;
+    if (cc->down_until_ms > now_ms())
+        return NULL;
+    cc->ctx = open_context(c);
+    if (!cc->ctx) {
+        cc->down_until_ms = now_ms() + RECONNECT_BACKOFF_MS;
+        atomic_fetch_add(&c->errors, 1);
+    }
+    return cc->ctx;
+}
+
+/* Drops this thread's connection after an I/O error or timeout: a late reply must never be
+ * read as the answer to the next command. */
+static void drop_context(struct cache *c)
+{
+    atomic_fetch_add(&c->errors, 1);
+    redisFree(thread_conn->ctx);
+    thread_conn->ctx = NULL;
+    thread_conn->down_until_ms = now_ms() + RECONNECT_BACKOFF_MS;
+}
+
+bool cache_ping(struct cache *c, double *latency_ms)
+{
+    if (!cache_enabled(c))
+        return false;
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    redisContext *ctx = thread_context(c);
+    redisReply *r = ctx ? redisCommand(ctx, "PING") : NULL;
+    bool ok = r && r->type == REDIS_REPLY_STATUS;
+    if (r)
+        freeReplyObject(r);
+    else if (ctx)
+        drop_context(c);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    *latency_ms = (double)(end.tv_sec - start.tv_sec) * 1e3 +
+                  (double)(end.tv_nsec - start.tv_nsec) / 1e6;
+    return ok;
+}
+
+enum cache_result cache_get(struct cache *c, const char *key, struct arena *a, char **value,
+                            size_t *len)
+{
+    if (!cache_enabled(c))
+        return CACHE_DISABLED;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return CACHE_ERROR;
+    redisReply *r = redisCommand(ctx, "GET %s", key);
+    if (!r) {
+        drop_context(c);
+        return CACHE_ERROR;
+    }
+    enum cache_result res = CACHE_ERROR;
+    if (r->type == REDIS_REPLY_STRING) {
+        *value = arena_strndup(a, r->str, r->len);
+        *len = r->len;
+        res = CACHE_HIT;
+        atomic_fetch_add(&c->hits, 1);
+    } else if (r->type == REDIS_REPLY_NIL) {
+        res = CACHE_MISS;
+        atomic_fetch_add(&c->misses, 1);
+    } else {
+        atomic_fetch_add(&c->errors, 1);
+    }
+    freeReplyObject(r);
+    return res;
+}
+
+bool cache_set(struct cache *c, const char *key, const char *value, size_t len, unsigned ttl_s)
+{
+    if (!cache_enabled(c))
+        return false;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return false;
+    redisReply *r = redisCommand(ctx, "SET %s %b EX %u", key, value, len, ttl_s);
+    if (!r) {
+        drop_context(c);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_STATUS;
+    if (!ok)
+        atomic_fetch_add(&c->errors, 1);
+    freeReplyObject(r);
+    return ok;
+}
+
+void cache_render_metrics(struct buf *out, void *ud)
+{
+    struct cache *c = ud;
+    metrics_write_header(out, "cangrejo_cache_requests_total", "counter",
+                         "Cache lookups by result.");
+    buf_printf(out, "cangrejo_cache_requests_total{result=\"hit\"} %llu\n",
+               (unsigned long long)atomic_load(&c->hits));
+    buf_printf(out, "cangrejo_cache_requests_total{result=\"miss\"} %llu\n",
+               (unsigned long long)atomic_load(&c->misses));
+    metrics_write_header(out, "cangrejo_cache_errors_total", "counter",
+                         "Redis connection failures, timeouts and error replies.");
+    buf_printf(out, "cangrejo_cache_errors_total %llu\n",
+               (unsigned long long)atomic_load(&c->errors));
+}

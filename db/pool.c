@@ -1,0 +1,435 @@
+#include "pool.h"
+
+#include "server/alloc.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { DOWN_BACKOFF_MS = 500, MAX_REPLICAS = 16 };
+
+struct db_conn {
+    struct db_pool *pool;
+    PGconn *pg;
+    struct db_conn *next_idle;
+    uint64_t prepared; /* bit i: statement i is prepared on this connection */
+    bool broken;
+};
+
+struct db_pool {
+    char role[16]; /* "primary" or "replica" */
+    char label[24]; /* "primary", "replica0", ... for metrics */
+    char *url;
+    unsigned size, wait_ms, connect_timeout_s, statement_timeout_ms;
+    pthread_mutex_t lock;
+    pthread_cond_t freed;
+    struct db_conn *idle;
+    unsigned open, busy, waiting;
+    int64_t down_until_ms;
+    atomic_uint_fast64_t timeouts, connect_failures, dropped;
+};
+
+struct db {
+    struct db_pool *primary;
+    struct db_pool *replicas[MAX_REPLICAS];
+    size_t n_replicas;
+    atomic_uint next_replica;
+};
+
+_Static_assert(DB_STMT_COUNT_ <= 64, "db_conn.prepared holds 64 statements");
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct db_pool *pool_new(const char *role, const char *label, const char *url,
+                                unsigned size, const struct db_options *opt)
+{
+    struct db_pool *p = xcalloc(1, sizeof(*p));
+    snprintf(p->role, sizeof(p->role), "%s", role);
+    snprintf(p->label, sizeof(p->label), "%s", label);
+    p->url = xstrdup(url);
+    p->size = size;
+    p->wait_ms = opt->wait_ms;
+    p->connect_timeout_s = opt->connect_timeout_s;
+    p->statement_timeout_ms = opt->statement_timeout_ms;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->freed, &attr);
+    pthread_condattr_destroy(&attr);
+    return p;
+}
+
+static void pool_free(struct db_pool *p)
+{
+    if (!p)
+        return;
+    while (p->idle) {
+        struct db_conn *c = p->idle;
+        p->idle = c->next_idle;
+        PQfinish(c->pg);
+        free(c);
+    }
+    if (p->busy)
+        log_error("db pool %s closed with %u connections in use", p->label, p->busy);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->freed);
+    free(p->url);
+    free(p);
+}
+
+/* Opens one connection with our defaults; the URL's own parameters take precedence. */
+static PGconn *pool_connect(struct db_pool *p)
+{
+    char connect_timeout[16], tcp_user_timeout[16], options[64];
+    snprintf(connect_timeout, sizeof(connect_timeout), "%u", p->connect_timeout_s);
+    snprintf(tcp_user_timeout, sizeof(tcp_user_timeout), "%u", p->statement_timeout_ms);
+    snprintf(options, sizeof(options), "-c statement_timeout=%u", p->statement_timeout_ms);
+    const char *keys[] = {"connect_timeout",    "application_name", "keepalives",
+                          "keepalives_idle",    "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout",   "options",          "dbname",
+                          NULL};
+    const char *values[] = {connect_timeout, "cangrejo", "1", "5", "2", "3",
+                            tcp_user_timeout, options, p->url, NULL};
+    PGconn *pg = PQconnectdbParams(keys, values, 1);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pg));
+        msg[strcspn(msg, "\n")] = '\0';
+        log_warn("db %s: cannot connect: %s", p->label, msg);
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+static struct db_conn *pool_open_slot(struct db_pool *p)
+{
+    /* Called with the lock held and a slot reserved (open and busy counted). */
+    pthread_mutex_unlock(&p->lock);
+    PGconn *pg = pool_connect(p);
+    pthread_mutex_lock(&p->lock);
+    if (!pg) {
+        p->open--;
+        p->busy--;
+        p->down_until_ms = now_ms() + DOWN_BACKOFF_MS;
+        atomic_fetch_add(&p->connect_failures, 1);
+        pthread_cond_signal(&p->freed);
+        return NULL;
+    }
+    p->down_until_ms = 0;
+    struct db_conn *c = xcalloc(1, sizeof(*c));
+    c->pool = p;
+    c->pg = pg;
+    return c;
+}
+
+static struct timespec deadline_after(unsigned ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
+static struct db_conn *pool_acquire(struct db_pool *p, unsigned wait_ms)
+{
+    struct timespec deadline = deadline_after(wait_ms);
+    struct db_conn *c = NULL;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        if (p->idle) {
+            c = p->idle;
+            p->idle = c->next_idle;
+            p->busy++;
+            break;
+        }
+        if (p->down_until_ms > now_ms())
+            break; /* down: fail fast instead of queueing behind connect timeouts */
+        if (p->open < p->size) {
+            p->open++;
+            p->busy++;
+            c = pool_open_slot(p);
+            break;
+        }
+        p->waiting++;
+        int rc = pthread_cond_timedwait(&p->freed, &p->lock, &deadline);
+        p->waiting--;
+        if (rc != 0) {
+            atomic_fetch_add(&p->timeouts, 1);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return c;
+}
+
+/* Leaves no transaction open; false when the connection cannot be trusted any more. */
+static bool conn_reset_state(struct db_conn *c)
+{
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+        return false;
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    if (ts == PQTRANS_IDLE)
+        return true;
+    if (ts != PQTRANS_INTRANS && ts != PQTRANS_INERROR)
+        return false;
+    PGresult *r = PQexec(c->pg, "ROLLBACK");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok && PQtransactionStatus(c->pg) == PQTRANS_IDLE;
+}
+
+void db_release(struct db_conn *c)
+{
+    if (!c)
+        return;
+    struct db_pool *p = c->pool;
+    bool keep = conn_reset_state(c);
+    if (!keep) {
+        PQfinish(c->pg);
+        free(c);
+        atomic_fetch_add(&p->dropped, 1);
+    }
+    pthread_mutex_lock(&p->lock);
+    p->busy--;
+    if (keep) {
+        c->next_idle = p->idle;
+        p->idle = c;
+    } else {
+        p->open--;
+    }
+    pthread_cond_signal(&p->freed);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static bool pool_is_down(struct db_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool down = p->down_until_ms > now_ms() && !p->idle;
+    pthread_mutex_unlock(&p->lock);
+    return down;
+}
+
+struct db *db_open(const struct db_options *opt, char *err, size_t errlen)
+{
+    struct db *db = xcalloc(1, sizeof(*db));
+    db->primary = pool_new("primary", "primary", opt->primary_url, opt->primary_pool_size, opt);
+    const char *s = opt->replica_urls ? opt->replica_urls : "";
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        if (len > 0) {
+            if (db->n_replicas == MAX_REPLICAS) {
+                snprintf(err, errlen, "DATABASE_REPLICA_URLS: at most %d replicas", MAX_REPLICAS);
+                db_close(db);
+                return NULL;
+            }
+            char *url = xstrndup(s, len), label[24];
+            snprintf(label, sizeof(label), "replica%zu", db->n_replicas);
+            db->replicas[db->n_replicas++] =
+                pool_new("replica", label, url, opt->replica_pool_size, opt);
+            free(url);
+        }
+        s += len + (s[len] == ',');
+    }
+    return db;
+}
+
+void db_close(struct db *db)
+{
+    if (!db)
+        return;
+    pool_free(db->primary);
+    for (size_t i = 0; i < db->n_replicas; i++)
+        pool_free(db->replicas[i]);
+    free(db);
+}
+
+struct db_conn *db_acquire_primary(struct db *db)
+{
+    return pool_acquire(db->primary, db->primary->wait_ms);
+}
+
+struct db_conn *db_acquire_primary_wait(struct db *db, unsigned wait_ms)
+{
+    return pool_acquire(db->primary, wait_ms);
+}
+
+size_t db_replica_count(const struct db *db)
+{
+    return db->n_replicas;
+}
+
+struct db_conn *db_acquire_replica_n(struct db *db, size_t i, unsigned wait_ms)
+{
+    return i < db->n_replicas ? pool_acquire(db->replicas[i], wait_ms) : NULL;
+}
+
+struct db_conn *db_acquire_read(struct db *db, const char **role)
+{
+    size_t n = db->n_replicas;
+    unsigned start = n ? atomic_fetch_add(&db->next_replica, 1) : 0;
+    for (size_t k = 0; k < n; k++) {
+        struct db_pool *p = db->replicas[(start + k) % n];
+        if (pool_is_down(p))
+            continue;
+        struct db_conn *c = pool_acquire(p, p->wait_ms);
+        if (c) {
+            *role = "replica";
+            return c;
+        }
+    }
+    *role = "primary";
+    return db_acquire_primary(db);
+}
+
+PGconn *db_pg(struct db_conn *c)
+{
+    return c->pg;
+}
+
+static void note_connection_state(struct db_conn *c)
+{
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        c->broken = true;
+}
+
+static bool ensure_prepared(struct db_conn *c, enum db_stmt stmt)
+{
+    if (c->prepared & (1ull << stmt))
+        return true;
+    const struct db_stmt_def *def = db_stmt_def(stmt);
+    PGresult *r = PQprepare(c->pg, def->name, def->sql, def->n_params, NULL);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        msg[strcspn(msg, "\n")] = '\0';
+        log_error("db %s: cannot prepare %s: %s", c->pool->label, def->name, msg);
+        note_connection_state(c);
+    }
+    PQclear(r);
+    if (ok)
+        c->prepared |= 1ull << stmt;
+    return ok;
+}
+
+PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *params)
+{
+    if (!ensure_prepared(c, stmt))
+        return PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+    const struct db_stmt_def *def = db_stmt_def(stmt);
+    PGresult *r = PQexecPrepared(c->pg, def->name, def->n_params, params, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+        note_connection_state(c);
+    return r;
+}
+
+PGresult *db_exec_simple(struct db_conn *c, const char *sql)
+{
+    PGresult *r = PQexec(c->pg, sql);
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+        note_connection_state(c);
+    return r;
+}
+
+bool db_ok(const PGresult *res, ExecStatusType expected)
+{
+    return res && PQresultStatus(res) == expected;
+}
+
+const char *db_sqlstate(const PGresult *res)
+{
+    const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return s ? s : "";
+}
+
+enum db_status db_failure(struct db_conn *c, const PGresult *res)
+{
+    const char *state = db_sqlstate(res);
+    /* Class 08 is connection trouble, 57P0x is an administrator or crash shutdown, 25006 is a
+     * write on a read-only (standby) server, 40001/40P01 serialization or deadlock. */
+    if (c->broken || strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0 ||
+        strcmp(state, "25006") == 0 || strcmp(state, "57014") == 0)
+        return DB_UNAVAILABLE;
+    if (strcmp(state, "23505") == 0)
+        return DB_CONFLICT;
+    char msg[256];
+    snprintf(msg, sizeof(msg), "%s", res ? PQresultErrorMessage(res) : "no result");
+    msg[strcspn(msg, "\n")] = '\0';
+    log_error("db %s: query failed (%s): %s", c->pool->label, state, msg);
+    return DB_ERROR;
+}
+
+struct pool_snapshot {
+    const char *label;
+    unsigned long long v[7]; /* indexed like pool_families */
+};
+
+static const struct {
+    const char *name, *type, *help, *state;
+} pool_families[] = {
+    {"cangrejo_db_pool_connections", "gauge", "Open database connections by pool and state.",
+     "busy"},
+    {"cangrejo_db_pool_connections", NULL, NULL, "idle"},
+    {"cangrejo_db_pool_size", "gauge", "Connections a pool may open.", NULL},
+    {"cangrejo_db_pool_waiting", "gauge", "Requests waiting for a connection.", NULL},
+    {"cangrejo_db_pool_wait_timeouts_total", "counter",
+     "Requests that found no free connection in time (answered 503).", NULL},
+    {"cangrejo_db_connect_failures_total", "counter", "Failed connection attempts.", NULL},
+    {"cangrejo_db_connections_dropped_total", "counter",
+     "Connections closed because they were broken or left mid-transaction.", NULL},
+};
+
+static void snapshot_pool(struct db_pool *p, struct pool_snapshot *s)
+{
+    pthread_mutex_lock(&p->lock);
+    s->label = p->label;
+    s->v[0] = p->busy;
+    s->v[1] = p->open - p->busy;
+    s->v[2] = p->size;
+    s->v[3] = p->waiting;
+    pthread_mutex_unlock(&p->lock);
+    s->v[4] = atomic_load(&p->timeouts);
+    s->v[5] = atomic_load(&p->connect_failures);
+    s->v[6] = atomic_load(&p->dropped);
+}
+
+void db_render_metrics(struct buf *out, void *ud)
+{
+    struct db *db = ud;
+    struct pool_snapshot snaps[MAX_REPLICAS + 1];
+    size_t n = 0;
+    snapshot_pool(db->primary, &snaps[n++]);
+    for (size_t i = 0; i < db->n_replicas; i++)
+        snapshot_pool(db->replicas[i], &snaps[n++]);
+    for (size_t f = 0; f < sizeof(pool_families) / sizeof(pool_families[0]); f++) {
+        if (pool_families[f].type)
+            metrics_write_header(out, pool_families[f].name, pool_families[f].type,
+                                 pool_families[f].help);
+        for (size_t i = 0; i < n; i++) {
+            if (pool_families[f].state)
+                buf_printf(out, "%s{pool=\"%s\",state=\"%s\"} %llu\n", pool_families[f].name,
+                           snaps[i].label, pool_families[f].state, snaps[i].v[f]);
+            else
+                buf_printf(out, "%s{pool=\"%s\"} %llu\n", pool_families[f].name, snaps[i].label,
+                           snaps[i].v[f]);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+/* pool.h - libpq connection pools: the primary and each replica, with bounded waits, lazily
+ * prepared statements, and connections checked (rolled back or dropped) before reuse. */
+#ifndef CANGREJO_DB_POOL_H
+#define CANGREJO_DB_POOL_H
+
+#include "db/sql.h"
+#include "server/buf.h"
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* What a database call came to; handlers map it to HTTP. */
+enum db_status { DB_OK, DB_NOT_FOUND, DB_CONFLICT, DB_UNAVAILABLE, DB_ERROR };
+
+struct db_options {
+    const char *primary_url;
+    const char *replica_urls; /* comma-separated, may be empty */
+    unsigned primary_pool_size, replica_pool_size;
+    unsigned wait_ms;              /* bounded wait for a free connection */
+    unsigned connect_timeout_s;
+    unsigned statement_timeout_ms;
+};
+
+struct db;
+struct db_conn;
+
+/* Sets up the pools (connections open lazily); NULL with a message on bad URLs. */
+struct db *db_open(const struct db_options *opt, char *err, size_t errlen);
+/* Closes every connection and frees the pools. */
+void db_close(struct db *db);
+/* A primary connection, or NULL when none came free in time or the primary is down. */
+struct db_conn *db_acquire_primary(struct db *db);
+/* A replica connection by round robin over healthy replicas, else the primary; *role says
+ * which ("replica" or "primary"). NULL when nothing is reachable. */
+struct db_conn *db_acquire_read(struct db *db, const char **role);
+/* A connection to replica i (for probes), waiting at most wait_ms. */
+struct db_conn *db_acquire_replica_n(struct db *db, size_t i, unsigned wait_ms);
+/* A primary connection, waiting at most wait_ms (for probes). */
+struct db_conn *db_acquire_primary_wait(struct db *db, unsigned wait_ms);
+/* Number of replica pools. */
+size_t db_replica_count(const struct db *db);
+/* Returns a connection to its pool; one left in a transaction is rolled back or dropped. */
+void db_release(struct db_conn *c);
+/* Runs a prepared statement with text parameters (NULL = SQL NULL). Never NULL: check
+ * db_ok(). A connection-level failure marks the connection broken. */
+PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *params);
+/* Runs a plain SQL command without parameters (BEGIN, COMMIT, ROLLBACK). */
+PGresult *db_exec_simple(struct db_conn *c, const char *sql);
+/* True when res has the expected status. */
+bool db_ok(const PGresult *res, ExecStatusType expected);
+/* The SQLSTATE of a failed result, or "". */
+const char *db_sqlstate(const PGresult *res);
+/* Maps a failed result to a status: connection trouble is DB_UNAVAILABLE. */
+enum db_status db_failure(struct db_conn *c, const PGresult *res);
+/* The raw libpq connection, for calls the helpers above do not cover. */
+PGconn *db_pg(struct db_conn *c);
+/* Writes pool gauges and counters in Prometheus text format. */
+void db_render_metrics(struct buf *out, void *db);
+
+#endif

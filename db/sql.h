@@ -1,0 +1,22 @@
+/* sql.h - every SQL statement the server runs, as prepared statements with parameters. */
+#ifndef CANGREJO_DB_SQL_H
+#define CANGREJO_DB_SQL_H
+
+enum db_stmt {
+    DB_SCHEMA_VERSION,
+    DB_REPLICA_LAG,
+    DB_MERCHANT_UPSERT,
+    DB_MERCHANT_GET,
+    DB_STMT_COUNT_
+};
+
+struct db_stmt_def {
+    const char *name;
+    const char *sql;
+    int n_params;
+};
+
+/* The definition of a statement. */
+const struct db_stmt_def *db_stmt_def(enum db_stmt stmt);
+
+#endif

@@ -1,0 +1,28 @@
+/* handlers.h - the API's handlers, one file per resource, and the context they share. */
+#ifndef CANGREJO_HANDLERS_H
+#define CANGREJO_HANDLERS_H
+
+#include "server/http.h"
+
+struct db;
+struct cache;
+
+/* What every handler may use; built by main and reached through req->app. */
+struct h_app {
+    struct db *db;
+    struct cache *cache;
+};
+
+/* GET /livez */
+void h_health_livez(struct srv_req *req);
+/* GET /readyz */
+void h_health_readyz(struct srv_req *req);
+/* GET /metrics */
+void h_health_metrics(struct srv_req *req);
+
+/* PUT /v1/merchants/{merchant_id} */
+void h_merchants_put(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id} */
+void h_merchants_get(struct srv_req *req);
+
+#endif

@@ -1,0 +1,329 @@
+/* cangrejo: the binary's commands, the route table, and the serve lifecycle. */
+#include "cache/cache.h"
+#include "db/migrate.h"
+#include "db/pool.h"
+#include "handlers/handlers.h"
+#include "server/alloc.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "server/http.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CANGREJO_VERSION "0.1.0"
+
+enum { KIB = 1024, ORDER_BODY_MAX = 256 * KIB, SMALL_BODY_MAX = 64 * KIB, PEM_MAX = 1024 * KIB };
+
+/* Every route of the API; the server checks token, scope and tenant before the handler. */
+static const struct srv_route routes[] = {
+    {SRV_GET, "/livez", false, 0, SRV_BODY_NONE, 0, h_health_livez},
+    {SRV_GET, "/readyz", false, 0, SRV_BODY_NONE, 0, h_health_readyz},
+    {SRV_GET, "/metrics", false, 0, SRV_BODY_NONE, 0, h_health_metrics},
+    {SRV_PUT, "/v1/merchants/{merchant_id}", true, AUTH_SCOPE_MERCHANTS_ADMIN, SRV_BODY_JSON,
+     SMALL_BODY_MAX, h_merchants_put},
+    {SRV_GET, "/v1/merchants/{merchant_id}", true,
+     AUTH_SCOPE_MERCHANTS_ADMIN | AUTH_SCOPE_METRICS_READ, SRV_BODY_NONE, 0, h_merchants_get},
+};
+
+static void print_usage(FILE *out)
+{
+    fprintf(out,
+            "cangrejo " CANGREJO_VERSION
+            " - order ingestion and merchant metrics HTTP API\n\n"
+            "Usage: cangrejo COMMAND [OPTIONS]\n\n"
+            "Commands:\n"
+            "  serve      run the HTTP server until SIGTERM or SIGINT\n"
+            "  migrate    apply pending database migrations (safe to run concurrently)\n"
+            "  token      mint a development HS256 token from JWT_HS256_SECRET:\n"
+            "               --merchant ID|*   merchant the token may act for (repeatable,\n"
+            "                                 or comma-separated; default *)\n"
+            "               --scope \"S ...\"   space-separated scopes\n"
+            "                                 (default: every scope but admin and pii ones)\n"
+            "               --sub NAME        subject (default: dev)\n"
+            "               --ttl SECONDS     lifetime (default: 3600)\n"
+            "  version    print the version\n"
+            "  help       print this help\n\n");
+    config_print_help(out);
+    fprintf(out, "\nSecrets (JWT_HS256_SECRET) may instead be read from the file named by the\n"
+                 "same variable with a _FILE suffix. Logs are JSON lines on stdout.\n");
+}
+
+static const char *env_lookup(const char *name)
+{
+    return getenv(name);
+}
+
+static bool load_config(struct config *cfg)
+{
+    char err[512];
+    if (!config_load(cfg, env_lookup, err, sizeof(err))) {
+        fprintf(stderr, "cangrejo: configuration error: %s\n", err);
+        return false;
+    }
+    enum log_level level = LOG_INFO;
+    log_parse_level(cfg->log_level, &level);
+    log_set_level(level);
+    return true;
+}
+
+static int cmd_migrate(void)
+{
+    struct config cfg;
+    if (!load_config(&cfg))
+        return 2;
+    int rc = 0;
+    char err[512];
+    if (!cfg.database_url || !*cfg.database_url) {
+        fprintf(stderr, "cangrejo: configuration error: DATABASE_URL is required\n");
+        rc = 2;
+    } else {
+        int applied = db_migrate(cfg.database_url, err, sizeof(err));
+        if (applied < 0) {
+            fprintf(stderr, "cangrejo: migrate failed: %s\n", err);
+            rc = 1;
+        } else {
+            log_info("schema at version %d (%d migration(s) applied)",
+                     db_schema_version_expected(), applied);
+        }
+    }
+    config_free(&cfg);
+    return rc;
+}
+
+/* Appends one --merchant value to the comma-separated list. */
+static void add_merchant(char *list, size_t size, const char *value)
+{
+    size_t used = strlen(list);
+    snprintf(list + used, size - used, "%s%s", used ? "," : "", value);
+}
+
+static int cmd_token(int argc, char **argv)
+{
+    static const struct option opts[] = {{"merchant", required_argument, NULL, 'm'},
+                                         {"scope", required_argument, NULL, 's'},
+                                         {"sub", required_argument, NULL, 'u'},
+                                         {"ttl", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    char merchants[4096] = "";
+    const char *scope = "orders:write orders:read metrics:read deliveries:write merchants:admin";
+    const char *sub = "dev";
+    long ttl = 3600;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'm')
+            add_merchant(merchants, sizeof(merchants), optarg);
+        else if (c == 's')
+            scope = optarg;
+        else if (c == 'u')
+            sub = optarg;
+        else if (c == 't' && (ttl = strtol(optarg, NULL, 10)) > 0)
+            continue;
+        else {
+            fprintf(stderr, "cangrejo token: bad option (see cangrejo help)\n");
+            return 2;
+        }
+    }
+    struct config cfg;
+    if (!load_config(&cfg))
+        return 2;
+    int rc = 0;
+    if (!cfg.jwt_hs256_secret) {
+        fprintf(stderr, "cangrejo token: JWT_HS256_SECRET (or _FILE) is required\n");
+        rc = 2;
+    } else {
+        char *token = auth_mint_hs256(cfg.jwt_hs256_secret, sub, scope,
+                                      *merchants ? merchants : "*", ttl, time(NULL));
+        if (!token) {
+            fprintf(stderr, "cangrejo token: --merchant must be * or positive integers\n");
+            rc = 2;
+        } else {
+            printf("%s\n", token);
+            free(token);
+        }
+    }
+    config_free(&cfg);
+    return rc;
+}
+
+static char *read_pem(const char *path, const char *var)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cangrejo: configuration error: %s: cannot open %s: %s\n", var, path,
+                strerror(errno));
+        return NULL;
+    }
+    char *data = xmalloc(PEM_MAX + 1);
+    size_t n = fread(data, 1, PEM_MAX, f);
+    fclose(f);
+    data[n] = '\0';
+    return data;
+}
+
+/* Everything serve owns, torn down in reverse order. */
+struct serve_state {
+    struct config cfg;
+    struct auth *auth;
+    struct db *db;
+    struct cache *cache;
+    struct h_app app;
+    char *tls_cert, *tls_key;
+    struct srv *srv;
+};
+
+static bool open_dependencies(struct serve_state *st)
+{
+    char err[512];
+    struct config *cfg = &st->cfg;
+    struct auth_config ac = {cfg->jwt_hs256_secret, cfg->jwt_public_keys, cfg->jwt_jwks_file,
+                             cfg->jwt_algorithms,   cfg->jwt_issuer,      cfg->jwt_audience,
+                             (int)cfg->jwt_leeway,  (size_t)cfg->jwt_max_bytes};
+    struct db_options dbo = {cfg->database_url,
+                             cfg->replica_urls,
+                             (unsigned)cfg->db_pool_size,
+                             (unsigned)cfg->db_replica_pool_size,
+                             (unsigned)cfg->db_pool_wait_ms,
+                             (unsigned)cfg->db_connect_timeout,
+                             (unsigned)cfg->db_statement_timeout_ms};
+    if (!config_check_serve(cfg, err, sizeof(err)) ||
+        !(st->auth = auth_new(&ac, err, sizeof(err))) ||
+        !(st->db = db_open(&dbo, err, sizeof(err))) ||
+        !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
+                                sizeof(err)))) {
+        fprintf(stderr, "cangrejo: configuration error: %s\n", err);
+        return false;
+    }
+    if (cfg->tls_cert_file && (!(st->tls_cert = read_pem(cfg->tls_cert_file, "TLS_CERT_FILE")) ||
+                               !(st->tls_key = read_pem(cfg->tls_key_file, "TLS_KEY_FILE"))))
+        return false;
+    st->app.db = st->db;
+    st->app.cache = st->cache;
+    return true;
+}
+
+static bool start_http(struct serve_state *st)
+{
+    struct config *cfg = &st->cfg;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    struct srv_options so = {
+        .host = cfg->listen_host,
+        .port = cfg->listen_port,
+        .threads = cfg->threads ? (unsigned)cfg->threads : (unsigned)(cpus > 0 ? cpus : 1),
+        .max_connections = (unsigned)cfg->max_connections,
+        .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+        .connection_timeout_s = (unsigned)cfg->connection_timeout,
+        .tls_cert_pem = st->tls_cert,
+        .tls_key_pem = st->tls_key,
+        .auth = st->auth,
+        .app = &st->app,
+    };
+    size_t n_routes = sizeof(routes) / sizeof(routes[0]);
+    metrics_init(routes, n_routes);
+    metrics_add_collector(db_render_metrics, st->db);
+    metrics_add_collector(cache_render_metrics, st->cache);
+    char err[512];
+    st->srv = srv_start(&so, routes, n_routes, err, sizeof(err));
+    if (!st->srv) {
+        fprintf(stderr, "cangrejo: %s\n", err);
+        return false;
+    }
+    log_info("listening on %s:%s (%s, %u threads)", cfg->listen_host, cfg->listen_port,
+             st->tls_cert ? "https" : "http", so.threads);
+    return true;
+}
+
+/* Waits for SIGTERM or SIGINT (blocked in every thread, so only sigwait sees them). */
+static void wait_for_stop_signal(const sigset_t *set)
+{
+    for (;;) {
+        int sig = 0;
+        if (sigwait(set, &sig) != 0)
+            continue;
+        if (sig == SIGTERM || sig == SIGINT) {
+            log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return;
+        }
+        log_info("received signal %d: ignored", sig);
+    }
+}
+
+static void drain_and_stop(struct serve_state *st)
+{
+    srv_begin_shutdown(st->srv);
+    if (st->cfg.shutdown_delay_ms > 0)
+        usleep((useconds_t)st->cfg.shutdown_delay_ms * 1000);
+    bool drained = srv_drain(st->srv, (unsigned)st->cfg.shutdown_grace);
+    if (!drained)
+        log_warn("grace period over with %u request(s) in flight", srv_in_flight(st->srv));
+    srv_stop(st->srv);
+    st->srv = NULL;
+    log_info("stopped");
+}
+
+static void close_all(struct serve_state *st)
+{
+    srv_stop(st->srv);
+    metrics_shutdown();
+    cache_free(st->cache);
+    db_close(st->db);
+    auth_free(st->auth);
+    free(st->tls_cert);
+    if (st->tls_key)
+        xfree_secret(st->tls_key, strlen(st->tls_key));
+    config_free(&st->cfg);
+}
+
+static int cmd_serve(void)
+{
+    struct serve_state st = {0};
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (!load_config(&st.cfg)) {
+        config_free(&st.cfg);
+        return 2;
+    }
+    int rc = 2;
+    if (open_dependencies(&st) && start_http(&st)) {
+        wait_for_stop_signal(&set);
+        drain_and_stop(&st);
+        rc = 0;
+    }
+    close_all(&st);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "help";
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve();
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate();
+    if (strcmp(cmd, "token") == 0)
+        return cmd_token(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("cangrejo %s\n", CANGREJO_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        print_usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "cangrejo: unknown command \"%s\"\n\n", cmd);
+    print_usage(stderr);
+    return 2;
+}
