@@ -4,6 +4,8 @@
 
 #include "server/http.h"
 
+#include <stddef.h>
+
 struct db;
 struct cache;
 
@@ -12,6 +14,13 @@ struct h_app {
     struct db *db;
     struct cache *cache;
 };
+
+/* The OpenAPI document as JSON, generated at build time from openapi/openapi.yaml. */
+extern const char h_openapi_json[];
+extern const size_t h_openapi_json_len;
+
+/* GET /openapi.json */
+void h_docs_openapi(struct srv_req *req);
 
 /* GET /livez */
 void h_health_livez(struct srv_req *req);

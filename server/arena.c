@@ -3,6 +3,7 @@
 #include "alloc.h"
 
 #include <stdalign.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,8 @@ static struct arena_block *arena_grow(struct arena *a, size_t need)
 void *arena_alloc(struct arena *a, size_t size)
 {
     const size_t align = alignof(max_align_t);
+    if (size > SIZE_MAX / 2)
+        abort(); /* no request can need half the address space: a size computed from bad input */
     size = (size + align - 1) & ~(align - 1);
     if (size == 0)
         size = align;

@@ -28,6 +28,7 @@ static const struct srv_route routes[] = {
     {SRV_GET, "/livez", false, 0, SRV_BODY_NONE, 0, h_health_livez},
     {SRV_GET, "/readyz", false, 0, SRV_BODY_NONE, 0, h_health_readyz},
     {SRV_GET, "/metrics", false, 0, SRV_BODY_NONE, 0, h_health_metrics},
+    {SRV_GET, "/openapi.json", false, 0, SRV_BODY_NONE, 0, h_docs_openapi},
     {SRV_PUT, "/v1/merchants/{merchant_id}", true, AUTH_SCOPE_MERCHANTS_ADMIN, SRV_BODY_JSON,
      SMALL_BODY_MAX, h_merchants_put},
     {SRV_GET, "/v1/merchants/{merchant_id}", true,
