@@ -254,9 +254,9 @@ json_t *srv_body_json_object(struct srv_req *req)
     return root;
 }
 
-void srv_suspend(struct srv_req *req)
+void srv_suspend(struct srv_req *req, srv_handler_fn then)
 {
-    req->suspended = true;
+    req->resume_with = then;
     MHD_suspend_connection(req->conn);
 }
 
@@ -508,6 +508,17 @@ static void take_body_chunk(struct srv_req *req, const char *data, size_t size)
     ((char *)req->body)[req->body_len] = '\0';
 }
 
+/* Runs a handler or a continuation; it must reply or suspend. */
+static void run_handler(struct srv_req *req, srv_handler_fn fn)
+{
+    req->resume_with = NULL;
+    fn(req);
+    if (!req->responded && !req->resume_with) {
+        log_error("handler for %s returned without a reply", req->route->path);
+        srv_reply_problem(req, PROBLEM_INTERNAL, NULL);
+    }
+}
+
 static void dispatch(struct srv_req *req)
 {
     req->dispatched = true;
@@ -517,11 +528,7 @@ static void dispatch(struct srv_req *req)
                                         req->route->max_body));
         return;
     }
-    req->route->handler(req);
-    if (!req->responded && !req->suspended) {
-        log_error("handler for %s returned without a reply", req->route->path);
-        srv_reply_problem(req, PROBLEM_INTERNAL, NULL);
-    }
+    run_handler(req, req->route->handler);
 }
 
 static enum MHD_Result queue_reply(struct srv_req *req)
@@ -565,6 +572,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (!req->dispatched && !req->responded)
         dispatch(req);
+    else if (req->resume_with)
+        run_handler(req, req->resume_with); /* resumed after srv_suspend */
     if (req->responded && !req->queued)
         return queue_reply(req);
     return MHD_YES; /* suspended: srv_resume brings us back here */

@@ -64,7 +64,8 @@ struct srv_req {
     struct query_args *query_args; /* parsed on first srv_query */
     const char *method_name;
     size_t body_cap;
-    bool expects_body, body_too_large, dispatched, responded, suspended, queued;
+    srv_handler_fn resume_with;
+    bool expects_body, body_too_large, dispatched, responded, queued;
 };
 
 /* How to listen and which limits to apply. */
@@ -118,9 +119,10 @@ void srv_reply_problem(struct srv_req *req, enum problem p, const char *detail);
 /* Replies 400 validation-error with an "errors" array of {field, message} (stolen). */
 void srv_reply_validation(struct srv_req *req, json_t *errors);
 
-/* From a handler: the answer will come later, from another thread, via srv_resume. */
-void srv_suspend(struct srv_req *req);
-/* From any thread, after one srv_reply_*: wakes a suspended request to send its reply. */
+/* From a handler: stop here without a reply; once another thread calls srv_resume, `then`
+ * runs on an HTTP thread and must reply (or suspend again). */
+void srv_suspend(struct srv_req *req, srv_handler_fn then);
+/* From any thread: wakes a suspended request. */
 void srv_resume(struct srv_req *req);
 
 #endif

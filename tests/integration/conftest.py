@@ -1,0 +1,436 @@
+"""Session fixtures for the black-box integration suite.
+
+The real stack runs once per test session, on free loopback ports, in a temporary directory:
+a PostgreSQL 15 primary, a streaming replica made from it with pg_basebackup, and Redis
+(all via deploy/local/stack.sh), then the cangrejo server binary under test.
+
+Fixtures:
+  stack           session: the databases and Redis (see Stack)
+  server          session: the running server (see Server); restarted before a test if an
+                  earlier test left it stopped
+  make_token      function make_token(scope=..., merchants=[1] | "*", sub="test", exp_in=300,
+                  **extra_claims) -> HS256 JWT signed with TEST_SECRET
+  merchant_ids    callable/iterator of merchant ids unique in the session
+  merchant_id     one fresh merchant id
+Every test that uses `server` fails if the server wrote a sanitizer report, or died, while
+it ran.
+
+Environment: CANGREJO_BIN (default <repo>/build-test/cangrejo); CANGREJO_KEEP_TMP=1 keeps the
+temporary directory (data dirs, logs, server.log) for inspection.
+"""
+
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+
+import psycopg2
+import pytest
+
+from helpers import (  # noqa: F401 - re-exported for tests
+    DEFAULT_SCOPE,
+    REPO_ROOT,
+    STACK_SH,
+    TEST_PII_MASTER_KEY,
+    TEST_PII_MASTER_KEY_ID,
+    TEST_SECRET,
+    free_port,
+    headers,
+    make_token as _make_token,
+    sanitizer_reports,
+    tail,
+    wait_for_http,
+)
+
+PG_EXTRA_OPTS = "-c fsync=off -c full_page_writes=off"
+SERVER_READY_TIMEOUT = 30
+KEEP_TMP = os.environ.get("CANGREJO_KEEP_TMP") == "1"
+
+# Configuration the developer's shell might hold that must not leak into the server under test.
+_SERVER_ENV_DROP = (
+    "CANGREJO_LISTEN", "CANGREJO_THREADS", "DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL",
+    "JWT_HS256_SECRET", "JWT_PUBLIC_KEYS", "JWT_JWKS_FILE", "JWT_ISSUER", "JWT_AUDIENCE",
+    "PII_MASTER_KEY", "PII_MASTER_KEY_FILE", "PII_MASTER_KEY_ID", "TLS_CERT_FILE",
+    "TLS_KEY_FILE", "LOG_LEVEL", "ASAN_OPTIONS", "UBSAN_OPTIONS",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# stack
+
+
+class Stack:
+    """PostgreSQL primary + streaming replica + Redis, driven through deploy/local/stack.sh."""
+
+    def __init__(self, directory, primary_port, replica_port, redis_port):
+        self.dir = directory
+        self.primary_port = primary_port
+        self.replica_port = replica_port
+        self.redis_port = redis_port
+        self.primary_url = f"postgresql://postgres@127.0.0.1:{primary_port}/cangrejo"
+        self.replica_url = f"postgresql://postgres@127.0.0.1:{replica_port}/cangrejo"
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        self.script_env = dict(
+            os.environ,
+            STACK_DIR=directory,
+            PG_PRIMARY_PORT=str(primary_port),
+            PG_REPLICA_PORT=str(replica_port),
+            REDIS_PORT=str(redis_port),
+            PG_EXTRA_OPTS=PG_EXTRA_OPTS,
+        )
+        # Where stack.sh keeps what proves which processes it started.
+        self.pid_files = {
+            "primary": os.path.join(directory, "pg", "primary", "postmaster.pid"),
+            "replica": os.path.join(directory, "pg", "replica", "postmaster.pid"),
+            "redis": os.path.join(directory, "redis", "redis.pid"),
+        }
+        self.log_files = {
+            "primary": os.path.join(directory, "pg", "primary.log"),
+            "replica": os.path.join(directory, "pg", "replica.log"),
+            "redis": os.path.join(directory, "redis", "redis.log"),
+        }
+
+    def run(self, command, check=True, timeout=300):
+        """Run `stack.sh <command>`; returns the CompletedProcess (raises if check and it fails)."""
+        proc = subprocess.run(["bash", STACK_SH, command], env=self.script_env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"stack.sh {command} exited {proc.returncode}\n"
+                               f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def start(self):
+        self.run("start")
+
+    def stop(self):
+        self.run("stop")
+
+    def status(self):
+        return self.run("status", check=False).stdout
+
+    def stop_primary(self):
+        self.run("stop-primary")
+
+    def start_primary(self):
+        self.run("start-primary")
+
+    def stop_replica(self):
+        self.run("stop-replica")
+
+    def start_replica(self):
+        self.run("start-replica")
+
+    def stop_redis(self):
+        self.run("stop-redis")
+
+    def start_redis(self):
+        self.run("start-redis")
+
+    def primary(self, **kwargs):
+        """A new autocommit psycopg2 connection to the primary's cangrejo database."""
+        return self._connect(self.primary_url, **kwargs)
+
+    def replica(self, **kwargs):
+        """A new autocommit psycopg2 connection to the replica's cangrejo database."""
+        return self._connect(self.replica_url, **kwargs)
+
+    def redis(self):
+        """A new redis-py client for the stack's Redis."""
+        import redis
+
+        return redis.Redis.from_url(self.redis_url, socket_timeout=5)
+
+    def pids(self):
+        """{name: pid} from the pid files that exist now."""
+        found = {}
+        for name, path in self.pid_files.items():
+            try:
+                with open(path) as f:
+                    found[name] = int(f.readline().strip())
+            except (FileNotFoundError, ValueError):
+                pass
+        return found
+
+    @staticmethod
+    def _connect(url, **kwargs):
+        kwargs.setdefault("connect_timeout", 5)
+        conn = psycopg2.connect(url, **kwargs)
+        conn.autocommit = True
+        return conn
+
+
+@pytest.fixture(scope="session")
+def stack():
+    directory = tempfile.mkdtemp(prefix="cangrejo-it-")
+    s = Stack(directory, free_port(), free_port(), free_port())  # distinct by construction
+    try:
+        s.start()
+        yield s
+    finally:
+        stopped = s.run("stop", check=False)
+        if KEEP_TMP or stopped.returncode != 0:
+            print(f"\nintegration stack directory kept: {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+        if stopped.returncode != 0:
+            raise RuntimeError(f"stack.sh stop failed:\n{stopped.stdout}\n{stopped.stderr}")
+
+
+# ---------------------------------------------------------------------------------------------
+# server
+
+
+class Server:
+    """The cangrejo binary under test, run as `cangrejo serve`, output appended to log_path."""
+
+    def __init__(self, binary, env, log_path, port):
+        self.binary = binary
+        self.env = env
+        self.log_path = log_path
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+        self.expect_running = False  # False after stop(): its exit is no crash
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _log_note(self, text):
+        with open(self.log_path, "a") as log:
+            log.write(f"--- conftest: {text} ---\n")
+
+    def run_command(self, *args, timeout=120):
+        """Run `cangrejo <args>` with the server's env, output appended to the log;
+        returns (exit code, the output it wrote)."""
+        start = self.log_size()
+        self._log_note(f"cangrejo {' '.join(args)}")
+        with open(self.log_path, "ab") as log:
+            code = subprocess.run([self.binary, *args], env=self.env, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        return code, self.log_since(start)
+
+    def start(self):
+        """Start `cangrejo serve` and wait until GET /readyz answers 200."""
+        if self.running:
+            raise RuntimeError("server already running")
+        self._log_note("cangrejo serve")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "serve"], env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.expect_running = True
+        if not wait_for_http(self.url + "/readyz", SERVER_READY_TIMEOUT, proc=self.proc):
+            code = self.proc.poll()
+            if code is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.expect_running = False
+            why = (f"exited with {code} before GET /readyz answered 200" if code is not None else
+                   f"did not answer GET /readyz with 200 within {SERVER_READY_TIMEOUT}s (killed)")
+            raise RuntimeError(f"cangrejo serve on {self.url} {why}. "
+                               f"Last lines of {self.log_path}:\n{tail(self.log_path)}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        """Send `sig`, wait up to `timeout` s for the exit, return the exit code (negative:
+        killed by that signal). If it does not exit in time: SIGKILL, then TimeoutError."""
+        self.expect_running = False
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise TimeoutError(f"server (pid {self.proc.pid}) did not exit within {timeout}s "
+                               f"of signal {sig}; killed") from None
+
+    def kill(self):
+        """kill -9; returns the exit code (-9)."""
+        return self.stop(signal.SIGKILL)
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self):
+        return self.log_since(0)
+
+    def log_lines_json(self):
+        """The log lines that are JSON objects, parsed (other lines are ignored)."""
+        lines = []
+        for line in self.log_text().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                lines.append(value)
+        return lines
+
+
+def _server_env(stack, port):
+    env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV_DROP}
+    env.update(
+        CANGREJO_LISTEN=f"127.0.0.1:{port}",
+        DATABASE_URL=stack.primary_url,
+        DATABASE_REPLICA_URLS=stack.replica_url,
+        REDIS_URL=stack.redis_url,
+        JWT_HS256_SECRET=TEST_SECRET,
+        PII_MASTER_KEY=TEST_PII_MASTER_KEY,
+        PII_MASTER_KEY_ID=TEST_PII_MASTER_KEY_ID,
+        LOG_LEVEL="debug",
+        CANGREJO_THREADS="4",
+        # No log_path: reports go to stderr, i.e. into server.log, where the checks look.
+        ASAN_OPTIONS="abort_on_error=0:detect_leaks=1",
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def server(stack):
+    binary = os.path.abspath(os.environ.get("CANGREJO_BIN",
+                                            os.path.join(REPO_ROOT, "build-test", "cangrejo")))
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"server binary {binary} not found: build it (e.g. meson setup build-test "
+                    f"-Db_sanitize=address,undefined && ninja -C build-test) or set CANGREJO_BIN",
+                    pytrace=False)
+    port = free_port()
+    srv = Server(binary, _server_env(stack, port), os.path.join(stack.dir, "server.log"), port)
+    code, output = srv.run_command("migrate")
+    if code != 0:
+        pytest.fail(f"`cangrejo migrate` exited {code}:\n{output[-6000:]}", pytrace=False)
+    srv.start()
+    yield srv
+    try:
+        srv.stop()
+    finally:
+        reports = sanitizer_reports(srv.log_text())
+        if reports:
+            pytest.fail(f"sanitizer reports in {srv.log_path}:\n" + "\n".join(reports[:20]),
+                        pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-test checks: sanitizer reports and unexpected server exits
+
+
+def _server_problems(srv, offset):
+    problems = []
+    reports = sanitizer_reports(srv.log_since(offset))
+    if reports:
+        problems.append("sanitizer report(s) in the server log:\n  " + "\n  ".join(reports[:20]))
+    if srv.expect_running and srv.proc is not None and srv.proc.poll() is not None:
+        problems.append(f"the server exited unexpectedly with code {srv.proc.returncode}")
+        srv.expect_running = False  # report it once; the next test starts it again
+    if problems:
+        problems.append(f"last lines of {srv.log_path}:\n{tail(srv.log_path, 40)}")
+    return "\n".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports(request):
+    """For tests using `server`: start it if an earlier test left it stopped, and fail the
+    test if the server log gained a sanitizer report, or the server died, meanwhile."""
+    if "server" not in request.fixturenames:
+        yield
+        return
+    srv = request.getfixturevalue("server")
+    if not srv.running:
+        srv.start()
+    watch = {"server": srv, "offset": srv.log_size()}
+    request.node._cangrejo_watch = watch
+    yield
+    # What the call phase did was checked in pytest_runtest_makereport; this covers teardown.
+    problems = _server_problems(srv, watch["offset"])
+    if problems:
+        pytest.fail(problems, pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Turn a server problem during the test body into a failure of the test itself (not a
+    teardown error), or attach it to a test that failed anyway."""
+    outcome = yield
+    report = outcome.get_result()
+    watch = getattr(item, "_cangrejo_watch", None)
+    if report.when != "call" or watch is None:
+        return
+    problems = _server_problems(watch["server"], watch["offset"])
+    watch["offset"] = watch["server"].log_size()
+    if not problems:
+        return
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = problems
+    else:
+        report.sections.append(("cangrejo server", problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens and ids
+
+
+@pytest.fixture
+def make_token():
+    """make_token(scope=DEFAULT_SCOPE, merchants=[1] | "*", sub="test", exp_in=300,
+    **extra_claims) -> JWT (HS256, TEST_SECRET). A claim passed as None is left out."""
+    return _make_token
+
+
+class MerchantIds:
+    """Hands out merchant ids unique within the session: ids() or next(ids)."""
+
+    def __init__(self, counter):
+        self._counter = counter
+
+    def __call__(self):
+        return next(self._counter)
+
+    __next__ = __call__
+
+    def __iter__(self):
+        return self
+
+
+# A random high start so that runs against a reused database do not collide either.
+_merchant_counter = itertools.count(random.randint(10**9, 10**12))
+
+
+@pytest.fixture
+def merchant_ids():
+    return MerchantIds(_merchant_counter)
+
+
+@pytest.fixture
+def merchant_id(merchant_ids):
+    return merchant_ids()
