@@ -14,7 +14,10 @@
 #include <string.h>
 #include <time.h>
 
-enum { RECONNECT_BACKOFF_MS = 1000 };
+enum {
+    RECONNECT_BACKOFF_MS = 1000,
+    CACHE_MERCHANT_TTL_S = 24 * 3600, /* versions and LSNs outlive any cached response */
+};
 
 /* One thread's connection; all of them are listed so cache_free can close them. */
 struct cache_conn {
@@ -239,6 +242,125 @@ bool cache_set(struct cache *c, const char *key, const char *value, size_t len, 
         atomic_fetch_add(&c->errors, 1);
     freeReplyObject(r);
     return ok;
+}
+
+/* Entries are stored as "<version> <etag> <body>". */
+static bool parse_entry(struct arena *a, const char *raw, size_t len, int64_t current,
+                        struct cache_entry *out)
+{
+    const char *sp1 = memchr(raw, ' ', len);
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', len - (size_t)(sp1 + 1 - raw)) : NULL;
+    if (!sp2 || strtoll(raw, NULL, 10) != current)
+        return false;
+    out->etag = arena_strndup(a, sp1 + 1, (size_t)(sp2 - sp1 - 1));
+    out->body = arena_strndup(a, sp2 + 1, len - (size_t)(sp2 + 1 - raw));
+    out->body_len = len - (size_t)(sp2 + 1 - raw);
+    return true;
+}
+
+/* Two writers may report their commits out of order: "v" and "lsn" only ever move forward,
+ * else a response computed before the newer write could pass for current. */
+#define BUMP_SCRIPT                                                                                \
+    "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') "                               \
+    "local l = tonumber(redis.call('HGET', KEYS[1], 'lsn') or '0') "                              \
+    "if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1]) end "                \
+    "if l < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'lsn', ARGV[2]) end "              \
+    "redis.call('EXPIRE', KEYS[1], ARGV[3]) return 1"
+
+static void merchant_key(char *key, size_t size, int64_t merchant_id)
+{
+    snprintf(key, size, "cgj:m:%lld", (long long)merchant_id);
+}
+
+enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
+                                     struct arena *a, struct cache_entry *out, uint64_t *lsn)
+{
+    *lsn = 0;
+    if (!cache_enabled(c))
+        return CACHE_DISABLED;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return CACHE_ERROR;
+    char key[40];
+    merchant_key(key, sizeof(key), merchant_id);
+    redisReply *r = field ? redisCommand(ctx, "HMGET %s v lsn q:%s", key, field)
+                          : redisCommand(ctx, "HMGET %s v lsn", key);
+    if (!r) {
+        drop_context(c);
+        return CACHE_ERROR;
+    }
+    enum cache_result res = CACHE_MISS;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
+        atomic_fetch_add(&c->errors, 1);
+        res = CACHE_ERROR;
+    } else {
+        redisReply *v = r->element[0], *l = r->element[1];
+        if (l->type == REDIS_REPLY_STRING)
+            *lsn = strtoull(l->str, NULL, 10);
+        redisReply *e = field && r->elements == 3 ? r->element[2] : NULL;
+        if (v->type == REDIS_REPLY_STRING && e && e->type == REDIS_REPLY_STRING &&
+            parse_entry(a, e->str, e->len, strtoll(v->str, NULL, 10), out))
+            res = CACHE_HIT;
+    }
+    freeReplyObject(r);
+    if (field && res != CACHE_ERROR)
+        atomic_fetch_add(res == CACHE_HIT ? &c->hits : &c->misses, 1);
+    return res;
+}
+
+/* Reads and discards n pipelined replies; false when the connection failed. */
+static bool drain_replies(struct cache *c, redisContext *ctx, int n)
+{
+    for (int i = 0; i < n; i++) {
+        void *reply = NULL;
+        if (redisGetReply(ctx, &reply) != REDIS_OK) {
+            drop_context(c);
+            return false;
+        }
+        if (((redisReply *)reply)->type == REDIS_REPLY_ERROR)
+            atomic_fetch_add(&c->errors, 1);
+        freeReplyObject(reply);
+    }
+    return true;
+}
+
+void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field, int64_t version,
+                        const struct cache_entry *entry, unsigned ttl_s)
+{
+    if (!cache_enabled(c))
+        return;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return;
+    char key[40], head[96];
+    merchant_key(key, sizeof(key), merchant_id);
+    int head_len = snprintf(head, sizeof(head), "%lld %s ", (long long)version, entry->etag);
+    size_t len = (size_t)head_len + entry->body_len;
+    char *value = xmalloc(len);
+    memcpy(value, head, (size_t)head_len);
+    memcpy(value + head_len, entry->body, entry->body_len);
+    redisAppendCommand(ctx, "HSET %s q:%s %b", key, field, value, len);
+    redisAppendCommand(ctx, "HSETNX %s v %lld", key, (long long)version);
+    redisAppendCommand(ctx, "EXPIRE %s %u", key, ttl_s);
+    free(value);
+    drain_replies(c, ctx, 3);
+}
+
+void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
+                         size_t n, uint64_t lsn)
+{
+    if (!cache_enabled(c) || n == 0)
+        return;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        char key[40];
+        merchant_key(key, sizeof(key), merchant_ids[i]);
+        redisAppendCommand(ctx, "EVAL %s 1 %s %lld %llu %u", BUMP_SCRIPT, key,
+                           (long long)versions[i], (unsigned long long)lsn, CACHE_MERCHANT_TTL_S);
+    }
+    drain_replies(c, ctx, (int)n);
 }
 
 void cache_render_metrics(struct buf *out, void *ud)

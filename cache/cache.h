@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct arena;
 struct cache;
@@ -27,6 +28,27 @@ enum cache_result cache_get(struct cache *c, const char *key, struct arena *a, c
                             size_t *len);
 /* SET key value EX ttl_s; false on failure (already counted). */
 bool cache_set(struct cache *c, const char *key, const char *value, size_t len, unsigned ttl_s);
+/* A cached response: its ETag and body (arena-owned on reads). */
+struct cache_entry {
+    const char *etag;
+    const char *body;
+    size_t body_len;
+};
+
+/* Per-merchant state shared by every server instance, in the Redis hash cgj:m:{merchant}:
+ * "v" (data version, bumped by each committed write), "lsn" (primary WAL position of the
+ * merchant's last write, for read-your-writes) and one field per cached response, valid only
+ * while its version equals "v". One round trip (HMGET). field may be NULL to read only *lsn.
+ * *lsn is 0 when unknown. Returns CACHE_HIT only for a current entry. */
+enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
+                                     struct arena *a, struct cache_entry *out, uint64_t *lsn);
+/* Stores a response computed from data at `version` (and sets "v" if Redis lost it). */
+void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field, int64_t version,
+                        const struct cache_entry *entry, unsigned ttl_s);
+/* After a commit: sets "v" and "lsn" of each merchant written (one pipelined round trip). */
+void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
+                         size_t n, uint64_t lsn);
+
 /* Writes hit/miss/error counters in Prometheus text format. */
 void cache_render_metrics(struct buf *out, void *cache);
 

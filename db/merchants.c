@@ -2,10 +2,65 @@
 
 #include "server/arena.h"
 
+#include <pthread.h>
+#include <time.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum { LOOKUP_SLOTS = 4096, LOOKUP_TTL_MS = 3000 };
+
+/* A small direct-mapped copy of recently used merchants. */
+struct lookup_slot {
+    int64_t merchant_id;
+    int64_t expires_ms;
+    char timezone[65];
+    char currency[4];
+};
+
+static struct lookup_slot lookup_slots[LOOKUP_SLOTS];
+static pthread_mutex_t lookup_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct lookup_slot *lookup_slot_for(int64_t merchant_id)
+{
+    return &lookup_slots[(uint64_t)merchant_id * 0x9E3779B97F4A7C15ull >> 52];
+}
+
+static void remember_merchant(const struct db_merchant *m)
+{
+    pthread_mutex_lock(&lookup_lock);
+    struct lookup_slot *s = lookup_slot_for(m->merchant_id);
+    s->merchant_id = m->merchant_id;
+    s->expires_ms = now_ms() + LOOKUP_TTL_MS;
+    snprintf(s->timezone, sizeof(s->timezone), "%s", m->timezone);
+    snprintf(s->currency, sizeof(s->currency), "%s", m->currency);
+    pthread_mutex_unlock(&lookup_lock);
+}
+
+static bool recall_merchant(struct arena *a, int64_t merchant_id, struct db_merchant *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&lookup_lock);
+    struct lookup_slot *s = lookup_slot_for(merchant_id);
+    if (s->merchant_id == merchant_id && s->expires_ms > now_ms()) {
+        memset(out, 0, sizeof(*out));
+        out->merchant_id = merchant_id;
+        out->timezone = arena_strdup(a, s->timezone);
+        out->currency = arena_strdup(a, s->currency);
+        found = true;
+    }
+    pthread_mutex_unlock(&lookup_lock);
+    return found;
+}
 
 static void merchant_from_row(struct arena *a, const PGresult *r, struct db_merchant *out)
 {
@@ -47,7 +102,12 @@ enum db_status db_merchant_put(struct db *db, struct arena *a, const struct db_m
     char id[24];
     snprintf(id, sizeof(id), "%" PRId64, in->merchant_id);
     const char *params[] = {id, in->name, in->timezone, in->currency};
-    return one_merchant_row(db, a, DB_MERCHANT_UPSERT, params, out, created);
+    enum db_status st = one_merchant_row(db, a, DB_MERCHANT_UPSERT, params, out, created);
+    if (st == DB_NOT_FOUND)
+        return DB_CONFLICT; /* the update was refused: a currency change after orders */
+    if (st == DB_OK)
+        remember_merchant(out);
+    return st;
 }
 
 enum db_status db_merchant_get(struct db *db, struct arena *a, int64_t merchant_id,
@@ -57,4 +117,15 @@ enum db_status db_merchant_get(struct db *db, struct arena *a, int64_t merchant_
     snprintf(id, sizeof(id), "%" PRId64, merchant_id);
     const char *params[] = {id};
     return one_merchant_row(db, a, DB_MERCHANT_GET, params, out, NULL);
+}
+
+enum db_status db_merchant_lookup(struct db *db, struct arena *a, int64_t merchant_id,
+                                  struct db_merchant *out)
+{
+    if (recall_merchant(a, merchant_id, out))
+        return DB_OK;
+    enum db_status st = db_merchant_get(db, a, merchant_id, out);
+    if (st == DB_OK)
+        remember_merchant(out);
+    return st;
 }

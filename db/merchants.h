@@ -15,12 +15,18 @@ struct db_merchant {
     const char *created_at, *updated_at; /* RFC 3339 UTC text */
 };
 
-/* Creates or updates a merchant on the primary; *created tells which. Strings in out are
- * arena-owned. */
+/* Creates or updates a merchant on the primary; *created tells which. DB_CONFLICT when the
+ * currency would change although orders exist. Strings in out are arena-owned. */
 enum db_status db_merchant_put(struct db *db, struct arena *a, const struct db_merchant *in,
                                struct db_merchant *out, bool *created);
 /* Reads a merchant from the primary (the source of truth for tenants). */
 enum db_status db_merchant_get(struct db *db, struct arena *a, int64_t merchant_id,
                                struct db_merchant *out);
+
+/* The merchant (name and timestamps left out) from a per-process copy at most a few seconds
+ * old, read from the primary on a miss: for the hot paths that need its time zone and
+ * currency. Unknown merchants are not remembered. */
+enum db_status db_merchant_lookup(struct db *db, struct arena *a, int64_t merchant_id,
+                                  struct db_merchant *out);
 
 #endif

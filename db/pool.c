@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { DOWN_BACKOFF_MS = 500, MAX_REPLICAS = 16 };
+enum { DOWN_BACKOFF_MS = 500, MAX_REPLICAS = 16, LSN_SLOTS = 1 << 16 };
 
 struct db_conn {
     struct db_pool *pool;
@@ -32,7 +32,21 @@ struct db_pool {
     struct db_conn *idle;
     unsigned open, busy, waiting;
     int64_t down_until_ms;
+    atomic_uint_fast64_t replay_lsn; /* newest replay position seen (replicas) */
     atomic_uint_fast64_t timeouts, connect_failures, dropped;
+};
+
+/* The last commit LSN per merchant, in a fixed table: a merchant whose slot was taken over
+ * by another gets the highest LSN ever evicted, which is safe (only ever too new). */
+struct lsn_slot {
+    int64_t merchant_id;
+    uint64_t lsn;
+};
+
+struct lsn_map {
+    pthread_mutex_t lock;
+    uint64_t evicted_max;
+    struct lsn_slot slots[LSN_SLOTS];
 };
 
 struct db {
@@ -40,6 +54,7 @@ struct db {
     struct db_pool *replicas[MAX_REPLICAS];
     size_t n_replicas;
     atomic_uint next_replica;
+    struct lsn_map lsns;
 };
 
 _Static_assert(DB_STMT_COUNT_ <= 64, "db_conn.prepared holds 64 statements");
@@ -230,6 +245,7 @@ static bool pool_is_down(struct db_pool *p)
 struct db *db_open(const struct db_options *opt, char *err, size_t errlen)
 {
     struct db *db = xcalloc(1, sizeof(*db));
+    pthread_mutex_init(&db->lsns.lock, NULL);
     db->primary = pool_new("primary", "primary", opt->primary_url, opt->primary_pool_size, opt);
     const char *s = opt->replica_urls ? opt->replica_urls : "";
     while (*s) {
@@ -258,6 +274,7 @@ void db_close(struct db *db)
     pool_free(db->primary);
     for (size_t i = 0; i < db->n_replicas; i++)
         pool_free(db->replicas[i]);
+    pthread_mutex_destroy(&db->lsns.lock);
     free(db);
 }
 
@@ -283,6 +300,66 @@ struct db_conn *db_acquire_replica_n(struct db *db, size_t i, unsigned wait_ms)
 
 struct db_conn *db_acquire_read(struct db *db, const char **role)
 {
+    return db_acquire_read_at(db, 0, role);
+}
+
+uint64_t db_parse_lsn(const char *text)
+{
+    unsigned long hi, lo;
+    char tail;
+    if (!text || sscanf(text, "%lX/%lX%c", &hi, &lo, &tail) != 2)
+        return 0;
+    return ((uint64_t)hi << 32) | (uint64_t)(lo & 0xffffffffu);
+}
+
+static struct lsn_slot *lsn_slot_for(struct lsn_map *m, int64_t merchant_id)
+{
+    uint64_t h = (uint64_t)merchant_id * 0x9E3779B97F4A7C15ull;
+    return &m->slots[h >> (64 - 16)];
+}
+
+void db_note_write_lsn(struct db *db, int64_t merchant_id, uint64_t lsn)
+{
+    struct lsn_map *m = &db->lsns;
+    pthread_mutex_lock(&m->lock);
+    struct lsn_slot *s = lsn_slot_for(m, merchant_id);
+    if (s->merchant_id != merchant_id && s->lsn > m->evicted_max)
+        m->evicted_max = s->lsn;
+    if (s->merchant_id != merchant_id || lsn > s->lsn) {
+        s->merchant_id = merchant_id;
+        s->lsn = lsn;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+uint64_t db_merchant_write_lsn(struct db *db, int64_t merchant_id)
+{
+    struct lsn_map *m = &db->lsns;
+    pthread_mutex_lock(&m->lock);
+    struct lsn_slot *s = lsn_slot_for(m, merchant_id);
+    uint64_t lsn = s->merchant_id == merchant_id ? s->lsn : m->evicted_max;
+    pthread_mutex_unlock(&m->lock);
+    return lsn;
+}
+
+/* True when the replica behind c has replayed min_lsn; asks it only when the last answer
+ * seen from that replica is older. */
+static bool replica_has_replayed(struct db_conn *c, uint64_t min_lsn)
+{
+    struct db_pool *p = c->pool;
+    if (atomic_load(&p->replay_lsn) >= min_lsn)
+        return true;
+    PGresult *r = db_exec(c, DB_REPLAY_LSN, NULL);
+    uint64_t lsn = db_ok(r, PGRES_TUPLES_OK) ? db_parse_lsn(PQgetvalue(r, 0, 0)) : 0;
+    PQclear(r);
+    uint64_t seen = atomic_load(&p->replay_lsn);
+    while (lsn > seen && !atomic_compare_exchange_weak(&p->replay_lsn, &seen, lsn))
+        ;
+    return lsn >= min_lsn;
+}
+
+struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char **role)
+{
     size_t n = db->n_replicas;
     unsigned start = n ? atomic_fetch_add(&db->next_replica, 1) : 0;
     for (size_t k = 0; k < n; k++) {
@@ -290,10 +367,13 @@ struct db_conn *db_acquire_read(struct db *db, const char **role)
         if (pool_is_down(p))
             continue;
         struct db_conn *c = pool_acquire(p, p->wait_ms);
-        if (c) {
+        if (!c)
+            continue;
+        if (min_lsn == 0 || replica_has_replayed(c, min_lsn)) {
             *role = "replica";
             return c;
         }
+        db_release(c);
     }
     *role = "primary";
     return db_acquire_primary(db);

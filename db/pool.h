@@ -9,6 +9,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* What a database call came to; handlers map it to HTTP. */
 enum db_status { DB_OK, DB_NOT_FOUND, DB_CONFLICT, DB_UNAVAILABLE, DB_ERROR };
@@ -34,6 +35,16 @@ struct db_conn *db_acquire_primary(struct db *db);
 /* A replica connection by round robin over healthy replicas, else the primary; *role says
  * which ("replica" or "primary"). NULL when nothing is reachable. */
 struct db_conn *db_acquire_read(struct db *db, const char **role);
+/* Like db_acquire_read, but only from a replica that has replayed the primary's WAL up to
+ * min_lsn (0: any); else the primary. Read-your-writes after a commit at min_lsn. */
+struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char **role);
+/* Remembers that merchant_id's data was committed at lsn on the primary (this instance). */
+void db_note_write_lsn(struct db *db, int64_t merchant_id, uint64_t lsn);
+/* The newest commit LSN this instance knows for merchant_id (0 if none; conservative when
+ * the merchant's slot was reused). */
+uint64_t db_merchant_write_lsn(struct db *db, int64_t merchant_id);
+/* Parses PostgreSQL's "X/Y" LSN text; 0 when malformed. */
+uint64_t db_parse_lsn(const char *text);
 /* A connection to replica i (for probes), waiting at most wait_ms. */
 struct db_conn *db_acquire_replica_n(struct db *db, size_t i, unsigned wait_ms);
 /* A primary connection, waiting at most wait_ms (for probes). */

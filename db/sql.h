@@ -5,6 +5,7 @@
 enum db_stmt {
     DB_SCHEMA_VERSION,
     DB_REPLICA_LAG,
+    DB_REPLAY_LSN,
     DB_MERCHANT_UPSERT,
     DB_MERCHANT_GET,
     DB_STMT_COUNT_

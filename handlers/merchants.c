@@ -21,6 +21,9 @@ static void reply_db_failure(struct srv_req *req, enum db_status st)
 {
     if (st == DB_NOT_FOUND)
         srv_reply_problem(req, PROBLEM_NOT_FOUND, "no such merchant");
+    else if (st == DB_CONFLICT)
+        srv_reply_problem(req, PROBLEM_CONFLICT,
+                          "the currency cannot change once the merchant has orders");
     else if (st == DB_UNAVAILABLE)
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
     else

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 void v_fail(struct v_errors *v, const char *field, const char *message)
@@ -149,4 +150,125 @@ bool v_is_currency(const char *code)
         return false;
     return bsearch(code, currencies, sizeof(currencies) / sizeof(currencies[0]),
                    sizeof(currencies[0]), compare_code) != NULL;
+}
+
+static bool leap_year(int y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    return m == 2 && leap_year(y) ? 29 : days[m - 1];
+}
+
+/* Reads exactly n digits. */
+static bool read_digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)(*p)[i]))
+            return false;
+        v = v * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *out = v;
+    return true;
+}
+
+static bool read_date(const char **p, int *y, int *m, int *d)
+{
+    return read_digits(p, 4, y) && *(*p)++ == '-' && read_digits(p, 2, m) && *(*p)++ == '-' &&
+           read_digits(p, 2, d) && *m >= 1 && *m <= 12 && *d >= 1 && *d <= days_in_month(*y, *m);
+}
+
+bool v_parse_date(const char *s, int *year, int *month, int *day)
+{
+    return read_date(&s, year, month, day) && *s == '\0';
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (Howard Hinnant's). */
+static int64_t days_from_civil(int y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static bool read_fraction(const char **p, int64_t *micros)
+{
+    *micros = 0;
+    if (**p != '.')
+        return true;
+    (*p)++;
+    int digits = 0;
+    while (isdigit((unsigned char)**p)) {
+        if (digits < 6)
+            *micros = *micros * 10 + (**p - '0');
+        digits++;
+        (*p)++;
+    }
+    for (int i = digits; i < 6; i++)
+        *micros *= 10;
+    return digits > 0 && digits <= 9;
+}
+
+static bool read_offset(const char **p, int *offset_s)
+{
+    char c = **p;
+    if (c == 'Z' || c == 'z') {
+        (*p)++;
+        *offset_s = 0;
+        return true;
+    }
+    if (c != '+' && c != '-')
+        return false;
+    (*p)++;
+    int oh, om;
+    if (!read_digits(p, 2, &oh) || *(*p)++ != ':' || !read_digits(p, 2, &om) || oh > 23 ||
+        om > 59)
+        return false;
+    *offset_s = (c == '-' ? -1 : 1) * (oh * 3600 + om * 60);
+    return true;
+}
+
+bool v_parse_timestamp(const char *s, int64_t *epoch_us)
+{
+    int y, mo, d, h, mi, sec, offset_s;
+    int64_t micros;
+    const char *p = s;
+    if (!read_date(&p, &y, &mo, &d) || (*p != 'T' && *p != 't'))
+        return false;
+    p++;
+    if (!read_digits(&p, 2, &h) || *p++ != ':' || !read_digits(&p, 2, &mi) || *p++ != ':' ||
+        !read_digits(&p, 2, &sec) || h > 23 || mi > 59 || sec > 59)
+        return false;
+    if (!read_fraction(&p, &micros) || !read_offset(&p, &offset_s) || *p != '\0')
+        return false;
+    int64_t seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_s;
+    *epoch_us = seconds * 1000000 + micros;
+    return true;
+}
+
+void v_format_utc(int64_t epoch_us, char *out)
+{
+    int64_t seconds = epoch_us / 1000000, micros = epoch_us % 1000000;
+    if (micros < 0) {
+        micros += 1000000;
+        seconds--;
+    }
+    time_t t = (time_t)seconds;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (micros == 0)
+        snprintf(out + n, 32 - n, "Z");
+    else if (micros % 1000 == 0)
+        snprintf(out + n, 32 - n, ".%03dZ", (int)(micros / 1000));
+    else
+        snprintf(out + n, 32 - n, ".%06dZ", (int)micros);
 }

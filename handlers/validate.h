@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct arena;
 
@@ -26,6 +27,14 @@ void v_no_unknown_fields(struct v_errors *v, const json_t *obj, const char *pref
  * an error) otherwise. */
 const char *v_string(struct v_errors *v, const json_t *obj, const char *prefix, const char *key,
                      size_t max_chars);
+/* Parses an RFC 3339 date-time with an explicit offset ("Z" or +hh:mm) into microseconds
+ * since the epoch; false for anything else (no offset, bad calendar date, leap second). */
+bool v_parse_timestamp(const char *s, int64_t *epoch_us);
+/* Parses a calendar date YYYY-MM-DD. */
+bool v_parse_date(const char *s, int *year, int *month, int *day);
+/* Formats microseconds since the epoch as RFC 3339 in UTC with "Z" (milliseconds or
+ * microseconds only when non-zero); out holds at least 32 bytes. */
+void v_format_utc(int64_t epoch_us, char *out);
 /* True for an IANA time zone name that the system's tz database knows. */
 bool v_is_timezone(const char *name);
 /* True for an active ISO 4217 currency code. */
