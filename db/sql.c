@@ -1,5 +1,8 @@
 #include "sql.h"
 
+#include "db/sales_sql.h"
+
+#define EPOCH_US(col) "(timestamptz 'epoch' + " col " * interval '1 microsecond')"
 #define UTC_TEXT(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
 static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
@@ -30,6 +33,80 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                              "created_at") ", " UTC_TEXT("updated_at") " FROM merchants "
                                                                        "WHERE merchant_id = $1",
                          1},
+    [DB_SALES_SERIES] = {"sales_series", DB_SALES_SERIES_SQL, DB_SALES_SERIES_PARAMS},
+    [DB_WAL_LSN] = {"wal_lsn", "SELECT pg_current_wal_lsn()::text", 0},
+    [DB_ENSURE_PARTITIONS] = {"ensure_partitions",
+                              "SELECT cangrejo_ensure_partitions(to_timestamp($1::bigint), $2)", 2},
+    /* The idempotency gate: only the keys inserted here feed rows and rollups. */
+    [DB_INGEST_KEYS] = {"ingest_keys",
+                        "INSERT INTO order_keys (merchant_id, order_id, placed_at, content_hash) "
+                        "SELECT m, o, " EPOCH_US("p") ", decode(h, 'hex') "
+                        "FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) "
+                        "AS u(m, o, p, h) ON CONFLICT DO NOTHING RETURNING merchant_id, order_id",
+                        4},
+    [DB_INGEST_LOOKUP] = {"ingest_lookup",
+                          "SELECT k.merchant_id, k.order_id, encode(k.content_hash, 'hex') "
+                          "FROM unnest($1::bigint[], $2::text[]) AS u(m, o) "
+                          "JOIN order_keys k ON k.merchant_id = u.m AND k.order_id = u.o",
+                          2},
+    [DB_INGEST_ORDERS] =
+        {"ingest_orders",
+         "INSERT INTO orders (merchant_id, placed_at, order_id, store_id, channel, fulfillment, "
+         "currency, gross_cents, discount_cents, net_cents, tax_cents, total_cents, items_sold, "
+         "promo_code, customer_ref) "
+         "SELECT m, " EPOCH_US("p") ", o, s, c, f, cur, g, d, n, t, tot, i, pc, cr "
+         "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::smallint[], "
+         "$6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+         "$12::bigint[], $13::bigint[], $14::text[], $15::text[]) "
+         "AS u(m, p, o, s, c, f, cur, g, d, n, t, tot, i, pc, cr)",
+         15},
+    [DB_INGEST_ITEMS] = {"ingest_items",
+                         "INSERT INTO order_items (merchant_id, placed_at, order_id, line_no, sku, "
+                         "name, quantity, unit_price_cents) "
+                         "SELECT m, " EPOCH_US("p") ", o, l, s, n, q, u "
+                         "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], "
+                         "$5::text[], $6::text[], $7::bigint[], $8::bigint[]) "
+                         "AS x(m, p, o, l, s, n, q, u)",
+                         8},
+    /* Deltas come pre-aggregated and sorted by key, so concurrent writers lock rollup rows in
+     * one order and cannot deadlock. */
+    [DB_INGEST_ROLLUP] =
+        {"ingest_rollup",
+         "INSERT INTO sales_rollup_15m AS r (merchant_id, bucket, store_id, channel, fulfillment, "
+         "orders, cancelled_orders, items_sold, gross_cents, discount_cents, net_cents, "
+         "tax_cents, total_cents) "
+         "SELECT m, to_timestamp(b), s, c, f, o, x, i, g, d, n, t, tot "
+         "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::smallint[], "
+         "$6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+         "$12::bigint[], $13::bigint[]) AS u(m, b, s, c, f, o, x, i, g, d, n, t, tot) "
+         "ON CONFLICT (merchant_id, bucket, store_id, channel, fulfillment) DO UPDATE SET "
+         "orders = r.orders + excluded.orders, "
+         "cancelled_orders = r.cancelled_orders + excluded.cancelled_orders, "
+         "items_sold = r.items_sold + excluded.items_sold, "
+         "gross_cents = r.gross_cents + excluded.gross_cents, "
+         "discount_cents = r.discount_cents + excluded.discount_cents, "
+         "net_cents = r.net_cents + excluded.net_cents, "
+         "tax_cents = r.tax_cents + excluded.tax_cents, "
+         "total_cents = r.total_cents + excluded.total_cents",
+         13},
+    [DB_INGEST_BUMP] = {"ingest_bump",
+                        "UPDATE merchants SET data_version = data_version + 1 "
+                        "WHERE merchant_id = ANY($1::bigint[]) "
+                        "RETURNING merchant_id, data_version, " UTC_TEXT("now()"),
+                        1},
+    [DB_ORDER_GET] =
+        {"order_get",
+         "SELECT o.store_id, o.channel, o.fulfillment, o.status, "
+         "(extract(epoch FROM o.placed_at) * 1000000)::bigint, o.currency, o.gross_cents, "
+         "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents, o.items_sold, o.promo_code, "
+         "o.customer_ref, " UTC_TEXT("o.created_at") ", "
+         "(SELECT json_agg(json_build_array(i.sku, i.name, i.quantity, i.unit_price_cents) "
+         "ORDER BY i.line_no) FROM order_items i WHERE i.merchant_id = o.merchant_id "
+         "AND i.placed_at = o.placed_at AND i.order_id = o.order_id) "
+         "FROM order_keys k JOIN orders o ON o.merchant_id = k.merchant_id "
+         "AND o.placed_at = k.placed_at AND o.order_id = k.order_id "
+         "WHERE k.merchant_id = $1 AND k.order_id = $2",
+         2},
 };
 
 const struct db_stmt_def *db_stmt_def(enum db_stmt stmt)

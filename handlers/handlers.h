@@ -8,11 +8,13 @@
 
 struct db;
 struct cache;
+struct db_writer;
 
 /* What every handler may use; built by main and reached through req->app. */
 struct h_app {
     struct db *db;
     struct cache *cache;
+    struct db_writer *writer;
 };
 
 /* The OpenAPI document as JSON, generated at build time from openapi/openapi.yaml. */
@@ -33,5 +35,13 @@ void h_health_metrics(struct srv_req *req);
 void h_merchants_put(struct srv_req *req);
 /* GET /v1/merchants/{merchant_id} */
 void h_merchants_get(struct srv_req *req);
+
+/* POST /v1/merchants/{merchant_id}/orders */
+void h_orders_post(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id}/orders/{order_id} */
+void h_orders_get(struct srv_req *req);
+
+/* GET /v1/merchants/{merchant_id}/metrics/sales */
+void h_metrics_sales(struct srv_req *req);
 
 #endif

@@ -36,6 +36,12 @@
       "timeout of one connection attempt to PostgreSQL")                                           \
     X(db_statement_timeout_ms, INT, "DB_STATEMENT_TIMEOUT_MS", "5000", 100, 3600000,               \
       "statement_timeout of every query, and the TCP user timeout of the connection")             \
+    X(writer_threads, INT, "WRITER_THREADS", "2", 1, 16,                                           \
+      "group-commit writer threads, each with one primary connection")                            \
+    X(writer_max_batch, INT, "WRITER_MAX_BATCH", "512", 1, 10000,                                  \
+      "orders committed in one transaction at most")                                               \
+    X(writer_max_wait_us, INT, "WRITER_MAX_WAIT_US", "0", 0, 100000,                               \
+      "how long a writer waits for more orders before committing; 0 takes what is queued")        \
     X(redis_url, STR, "REDIS_URL", "", 0, 0,                                                       \
       "Redis cache, redis://host:port/db; empty means no cache")                                   \
     X(redis_timeout_ms, INT, "REDIS_TIMEOUT_MS", "50", 1, 10000,                                   \

@@ -58,6 +58,7 @@ struct srv_req {
     size_t n_headers;
     const char *log_cache; /* "hit", "miss", "bypass", "error", or NULL */
     const char *log_db;    /* "primary", "replica", or NULL */
+    void *handler_state;   /* the handler's own, e.g. across srv_suspend */
 
     /* Framework state. */
     struct timespec started;

@@ -2,6 +2,7 @@
 #include "cache/cache.h"
 #include "db/migrate.h"
 #include "db/pool.h"
+#include "db/writer.h"
 #include "handlers/handlers.h"
 #include "server/alloc.h"
 #include "server/auth.h"
@@ -33,6 +34,12 @@ static const struct srv_route routes[] = {
      SMALL_BODY_MAX, h_merchants_put},
     {SRV_GET, "/v1/merchants/{merchant_id}", true,
      AUTH_SCOPE_MERCHANTS_ADMIN | AUTH_SCOPE_METRICS_READ, SRV_BODY_NONE, 0, h_merchants_get},
+    {SRV_POST, "/v1/merchants/{merchant_id}/orders", true, AUTH_SCOPE_ORDERS_WRITE, SRV_BODY_JSON,
+     ORDER_BODY_MAX, h_orders_post},
+    {SRV_GET, "/v1/merchants/{merchant_id}/orders/{order_id}", true, AUTH_SCOPE_ORDERS_READ,
+     SRV_BODY_NONE, 0, h_orders_get},
+    {SRV_GET, "/v1/merchants/{merchant_id}/metrics/sales", true, AUTH_SCOPE_METRICS_READ,
+     SRV_BODY_NONE, 0, h_metrics_sales},
 };
 
 static void print_usage(FILE *out)
@@ -176,10 +183,19 @@ struct serve_state {
     struct auth *auth;
     struct db *db;
     struct cache *cache;
+    struct db_writer *writer;
     struct h_app app;
     char *tls_cert, *tls_key;
     struct srv *srv;
 };
+
+/* After each group commit: tell every instance (through Redis) the merchants' new data
+ * versions and commit position, before any client of the group hears back. */
+static void publish_commit(void *ud, const struct db_ingest_commit *commit)
+{
+    cache_merchant_bump(ud, commit->merchant_ids, commit->versions, commit->n_merchants,
+                        commit->lsn);
+}
 
 static bool open_dependencies(struct serve_state *st)
 {
@@ -206,8 +222,12 @@ static bool open_dependencies(struct serve_state *st)
     if (cfg->tls_cert_file && (!(st->tls_cert = read_pem(cfg->tls_cert_file, "TLS_CERT_FILE")) ||
                                !(st->tls_key = read_pem(cfg->tls_key_file, "TLS_KEY_FILE"))))
         return false;
+    struct db_writer_options wo = {(unsigned)cfg->writer_threads, (unsigned)cfg->writer_max_batch,
+                                   (unsigned)cfg->writer_max_wait_us, publish_commit, st->cache};
+    st->writer = db_writer_start(st->db, &wo);
     st->app.db = st->db;
     st->app.cache = st->cache;
+    st->app.writer = st->writer;
     return true;
 }
 
@@ -231,6 +251,7 @@ static bool start_http(struct serve_state *st)
     metrics_init(routes, n_routes);
     metrics_add_collector(db_render_metrics, st->db);
     metrics_add_collector(cache_render_metrics, st->cache);
+    metrics_add_collector(db_writer_render_metrics, st->writer);
     char err[512];
     st->srv = srv_start(&so, routes, n_routes, err, sizeof(err));
     if (!st->srv) {
@@ -267,12 +288,15 @@ static void drain_and_stop(struct serve_state *st)
         log_warn("grace period over with %u request(s) in flight", srv_in_flight(st->srv));
     srv_stop(st->srv);
     st->srv = NULL;
+    db_writer_stop(st->writer); /* commits whatever is still queued */
+    st->writer = NULL;
     log_info("stopped");
 }
 
 static void close_all(struct serve_state *st)
 {
     srv_stop(st->srv);
+    db_writer_stop(st->writer);
     metrics_shutdown();
     cache_free(st->cache);
     db_close(st->db);

@@ -1,0 +1,519 @@
+#include "ingest.h"
+
+#include "server/alloc.h"
+#include "server/arena.h"
+#include "server/buf.h"
+#include "server/log.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ROLLUP_GRAIN_S = 15 * 60, MONTHS_KNOWN = 12 * 400 };
+
+/* Months (since 1970-01) whose partitions this process has made sure of. */
+static unsigned char months_ready[MONTHS_KNOWN];
+static pthread_mutex_t months_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- PostgreSQL array literals ---- */
+
+static void array_begin(struct buf *b)
+{
+    buf_puts(b, "{");
+}
+
+static void array_sep(struct buf *b)
+{
+    if (b->len > 1)
+        buf_puts(b, ",");
+}
+
+static void array_int(struct buf *b, int64_t v)
+{
+    array_sep(b);
+    buf_printf(b, "%lld", (long long)v);
+}
+
+/* A text element, quoted; backslash and double quote escaped; NULL as SQL NULL. */
+static void array_text(struct buf *b, const char *s)
+{
+    array_sep(b);
+    if (!s) {
+        buf_puts(b, "NULL");
+        return;
+    }
+    buf_puts(b, "\"");
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            buf_append(b, "\\", 1);
+        buf_append(b, p, 1);
+    }
+    buf_puts(b, "\"");
+}
+
+static void array_hex(struct buf *b, const unsigned char *bytes, size_t n)
+{
+    array_sep(b);
+    for (size_t i = 0; i < n; i++)
+        buf_printf(b, "%02x", bytes[i]);
+}
+
+static const char *array_end(struct buf *b)
+{
+    buf_puts(b, "}");
+    return b->data;
+}
+
+/* A set of array parameters of one statement. */
+struct params {
+    struct buf cols[16];
+    const char *values[16];
+    int n;
+};
+
+static void params_begin(struct params *p, int n)
+{
+    memset(p, 0, sizeof(*p));
+    p->n = n;
+    for (int i = 0; i < n; i++)
+        array_begin(&p->cols[i]);
+}
+
+static const char *const *params_end(struct params *p)
+{
+    for (int i = 0; i < p->n; i++)
+        p->values[i] = array_end(&p->cols[i]);
+    return p->values;
+}
+
+static void params_free(struct params *p)
+{
+    for (int i = 0; i < p->n; i++)
+        buf_free(&p->cols[i]);
+}
+
+/* ---- partitions ---- */
+
+static int month_index(int64_t placed_at_us)
+{
+    time_t t = (time_t)(placed_at_us / 1000000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    return (tm.tm_year - 70) * 12 + tm.tm_mon;
+}
+
+/* Creates the monthly partitions of orders that have none yet (late data may be old). */
+static bool ensure_partitions(struct db_conn *c, struct db_order **orders, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int m = month_index(orders[i]->placed_at_us);
+        if (m < 0 || m >= MONTHS_KNOWN)
+            return false;
+        pthread_mutex_lock(&months_lock);
+        bool ready = months_ready[m];
+        pthread_mutex_unlock(&months_lock);
+        if (ready)
+            continue;
+        char first[24];
+        snprintf(first, sizeof(first), "%lld",
+                 (long long)(orders[i]->placed_at_us / 1000000));
+        const char *params[] = {first, "1"};
+        PGresult *r = db_exec(c, DB_ENSURE_PARTITIONS, params);
+        bool ok = db_ok(r, PGRES_TUPLES_OK);
+        PQclear(r);
+        if (!ok)
+            return false;
+        pthread_mutex_lock(&months_lock);
+        months_ready[m] = 1;
+        pthread_mutex_unlock(&months_lock);
+    }
+    return true;
+}
+
+/* ---- one transaction ---- */
+
+/* The state of one attempt at a group. */
+struct attempt {
+    struct db_conn *c;
+    struct db_order **orders;
+    enum db_ingest_result *results;
+    size_t n;
+    bool *first;    /* first[i]: orders[i] is the first of its key in the group */
+    bool *inserted; /* inserted[i]: the gate took orders[i] */
+};
+
+static bool same_key(const struct db_order *a, const struct db_order *b)
+{
+    return a->merchant_id == b->merchant_id && strcmp(a->order_id, b->order_id) == 0;
+}
+
+static void mark_first_occurrences(struct attempt *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        t->first[i] = true;
+        for (size_t j = 0; j < i && t->first[i]; j++)
+            if (t->first[j] && same_key(t->orders[i], t->orders[j]))
+                t->first[i] = false;
+    }
+}
+
+static size_t find_order(struct attempt *t, int64_t merchant_id, const char *order_id)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (t->first[i] && t->orders[i]->merchant_id == merchant_id &&
+            strcmp(t->orders[i]->order_id, order_id) == 0)
+            return i;
+    return t->n;
+}
+
+static PGresult *run_gate(struct attempt *t)
+{
+    struct params p;
+    params_begin(&p, 4);
+    for (size_t i = 0; i < t->n; i++) {
+        if (!t->first[i])
+            continue;
+        struct db_order *o = t->orders[i];
+        array_int(&p.cols[0], o->merchant_id);
+        array_text(&p.cols[1], o->order_id);
+        array_int(&p.cols[2], o->placed_at_us);
+        array_hex(&p.cols[3], o->content_hash, ORDER_HASH_BYTES);
+    }
+    PGresult *r = db_exec(t->c, DB_INGEST_KEYS, params_end(&p));
+    params_free(&p);
+    if (db_ok(r, PGRES_TUPLES_OK)) {
+        for (int row = 0; row < PQntuples(r); row++) {
+            size_t i = find_order(t, strtoll(PQgetvalue(r, row, 0), NULL, 10),
+                                  PQgetvalue(r, row, 1));
+            if (i < t->n)
+                t->inserted[i] = true;
+        }
+    }
+    return r;
+}
+
+static PGresult *insert_orders(struct attempt *t)
+{
+    struct params p;
+    params_begin(&p, 15);
+    for (size_t i = 0; i < t->n; i++) {
+        if (!t->inserted[i])
+            continue;
+        struct db_order *o = t->orders[i];
+        array_int(&p.cols[0], o->merchant_id);
+        array_int(&p.cols[1], o->placed_at_us);
+        array_text(&p.cols[2], o->order_id);
+        array_int(&p.cols[3], o->store_id);
+        array_int(&p.cols[4], o->channel);
+        array_int(&p.cols[5], o->fulfillment);
+        array_text(&p.cols[6], o->currency);
+        array_int(&p.cols[7], o->gross_cents);
+        array_int(&p.cols[8], o->discount_cents);
+        array_int(&p.cols[9], o->net_cents);
+        array_int(&p.cols[10], o->tax_cents);
+        array_int(&p.cols[11], o->total_cents);
+        array_int(&p.cols[12], o->items_sold);
+        array_text(&p.cols[13], o->promo_code);
+        array_text(&p.cols[14], o->customer_ref);
+    }
+    PGresult *r = db_exec(t->c, DB_INGEST_ORDERS, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+static PGresult *insert_items(struct attempt *t)
+{
+    struct params p;
+    params_begin(&p, 8);
+    for (size_t i = 0; i < t->n; i++) {
+        if (!t->inserted[i])
+            continue;
+        struct db_order *o = t->orders[i];
+        for (size_t k = 0; k < o->n_items; k++) {
+            array_int(&p.cols[0], o->merchant_id);
+            array_int(&p.cols[1], o->placed_at_us);
+            array_text(&p.cols[2], o->order_id);
+            array_int(&p.cols[3], (int64_t)k);
+            array_text(&p.cols[4], o->items[k].sku);
+            array_text(&p.cols[5], o->items[k].name);
+            array_int(&p.cols[6], o->items[k].quantity);
+            array_int(&p.cols[7], o->items[k].unit_price_cents);
+        }
+    }
+    PGresult *r = db_exec(t->c, DB_INGEST_ITEMS, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+/* One rollup delta: the key, then the figures. */
+struct delta {
+    int64_t merchant_id, bucket_s, store_id;
+    int channel, fulfillment;
+    int64_t v[8]; /* orders, cancelled, items_sold, gross, discount, net, tax, total */
+};
+
+static int compare_delta(const void *pa, const void *pb)
+{
+    const struct delta *a = pa, *b = pb;
+    if (a->merchant_id != b->merchant_id)
+        return a->merchant_id < b->merchant_id ? -1 : 1;
+    if (a->bucket_s != b->bucket_s)
+        return a->bucket_s < b->bucket_s ? -1 : 1;
+    if (a->store_id != b->store_id)
+        return a->store_id < b->store_id ? -1 : 1;
+    if (a->channel != b->channel)
+        return a->channel - b->channel;
+    return a->fulfillment - b->fulfillment;
+}
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
+
+/* The inserted orders' deltas, merged per key and sorted; returns the count. */
+static size_t build_deltas(struct attempt *t, struct delta *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        if (!t->inserted[i])
+            continue;
+        struct db_order *o = t->orders[i];
+        d[n] = (struct delta){
+            .merchant_id = o->merchant_id,
+            .bucket_s = floor_div(o->placed_at_us, 1000000LL * ROLLUP_GRAIN_S) * ROLLUP_GRAIN_S,
+            .store_id = o->store_id,
+            .channel = o->channel,
+            .fulfillment = o->fulfillment,
+            .v = {1, 0, o->items_sold, o->gross_cents, o->discount_cents, o->net_cents,
+                  o->tax_cents, o->total_cents},
+        };
+        n++;
+    }
+    qsort(d, n, sizeof(*d), compare_delta);
+    size_t merged = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (merged > 0 && compare_delta(&d[merged - 1], &d[i]) == 0) {
+            for (int k = 0; k < 8; k++)
+                d[merged - 1].v[k] += d[i].v[k];
+        } else {
+            d[merged++] = d[i];
+        }
+    }
+    return merged;
+}
+
+static PGresult *upsert_rollups(struct attempt *t)
+{
+    struct delta *d = xmalloc((t->n ? t->n : 1) * sizeof(*d));
+    size_t n = build_deltas(t, d);
+    struct params p;
+    params_begin(&p, 13);
+    for (size_t i = 0; i < n; i++) {
+        array_int(&p.cols[0], d[i].merchant_id);
+        array_int(&p.cols[1], d[i].bucket_s);
+        array_int(&p.cols[2], d[i].store_id);
+        array_int(&p.cols[3], d[i].channel);
+        array_int(&p.cols[4], d[i].fulfillment);
+        for (int k = 0; k < 8; k++)
+            array_int(&p.cols[5 + k], d[i].v[k]);
+    }
+    free(d);
+    PGresult *r = db_exec(t->c, DB_INGEST_ROLLUP, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+static int compare_i64(const void *pa, const void *pb)
+{
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    return (a > b) - (a < b);
+}
+
+/* Bumps the data version of every merchant with an inserted order, in id order. */
+static PGresult *bump_versions(struct attempt *t)
+{
+    int64_t *ids = xmalloc((t->n ? t->n : 1) * sizeof(*ids));
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->inserted[i])
+            ids[n++] = t->orders[i]->merchant_id;
+    qsort(ids, n, sizeof(*ids), compare_i64);
+    struct params p;
+    params_begin(&p, 1);
+    for (size_t i = 0; i < n; i++)
+        if (i == 0 || ids[i] != ids[i - 1])
+            array_int(&p.cols[0], ids[i]);
+    free(ids);
+    PGresult *r = db_exec(t->c, DB_INGEST_BUMP, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+/* Compares the stored hash of every order not inserted with its own. */
+static PGresult *resolve_existing(struct attempt *t)
+{
+    struct params p;
+    params_begin(&p, 2);
+    size_t wanted = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->inserted[i])
+            continue;
+        array_int(&p.cols[0], t->orders[i]->merchant_id);
+        array_text(&p.cols[1], t->orders[i]->order_id);
+        wanted++;
+    }
+    PGresult *r = wanted ? db_exec(t->c, DB_INGEST_LOOKUP, params_end(&p)) : NULL;
+    params_free(&p);
+    if (!r || !db_ok(r, PGRES_TUPLES_OK))
+        return r;
+    for (int row = 0; row < PQntuples(r); row++) {
+        int64_t mid = strtoll(PQgetvalue(r, row, 0), NULL, 10);
+        const char *oid = PQgetvalue(r, row, 1), *stored = PQgetvalue(r, row, 2);
+        for (size_t i = 0; i < t->n; i++) {
+            if (t->inserted[i] || t->orders[i]->merchant_id != mid ||
+                strcmp(t->orders[i]->order_id, oid) != 0)
+                continue;
+            char mine[2 * ORDER_HASH_BYTES + 1];
+            for (int k = 0; k < ORDER_HASH_BYTES; k++)
+                snprintf(mine + 2 * k, 3, "%02x", t->orders[i]->content_hash[k]);
+            t->results[i] = strcmp(mine, stored) == 0 ? INGEST_DUPLICATE : INGEST_CONFLICT;
+        }
+    }
+    return r;
+}
+
+static void record_commit(struct attempt *t, const PGresult *bump, struct db_ingest_commit *out)
+{
+    int rows = PQntuples(bump);
+    const char *created = rows > 0 ? PQgetvalue(bump, 0, 2) : NULL;
+    out->merchant_ids = xrealloc(out->merchant_ids, (out->n_merchants + (size_t)rows + 1) *
+                                                        sizeof(*out->merchant_ids));
+    out->versions =
+        xrealloc(out->versions, (out->n_merchants + (size_t)rows + 1) * sizeof(*out->versions));
+    for (int row = 0; row < rows; row++) {
+        out->merchant_ids[out->n_merchants] = strtoll(PQgetvalue(bump, row, 0), NULL, 10);
+        out->versions[out->n_merchants] = strtoll(PQgetvalue(bump, row, 1), NULL, 10);
+        out->n_merchants++;
+    }
+    for (size_t i = 0; i < t->n; i++)
+        if (t->inserted[i] && created)
+            snprintf(t->orders[i]->created_at, sizeof(t->orders[i]->created_at), "%s", created);
+}
+
+/* Runs one statement; false (and *failed set) when it did not succeed. */
+static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_status *failed)
+{
+    if (!r)
+        return true;
+    bool ok = db_ok(r, want);
+    if (!ok)
+        *failed = db_failure(t->c, r);
+    PQclear(r);
+    return ok;
+}
+
+/* One transaction over the whole group: DB_OK, or why it failed (nothing committed unless the
+ * commit itself is what failed, which counts as unavailable: the outcome is unknown). */
+static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *commit)
+{
+    enum db_status failed = DB_OK;
+    memset(t->inserted, 0, t->n * sizeof(*t->inserted));
+    if (!step(t, db_exec_simple(t->c, "BEGIN"), PGRES_COMMAND_OK, &failed))
+        return failed;
+    bool ok = step(t, run_gate(t), PGRES_TUPLES_OK, &failed);
+    size_t inserted = 0;
+    for (size_t i = 0; i < t->n; i++)
+        inserted += t->inserted[i];
+    PGresult *bump = NULL;
+    if (ok && inserted) {
+        ok = step(t, insert_orders(t), PGRES_COMMAND_OK, &failed) &&
+             step(t, insert_items(t), PGRES_COMMAND_OK, &failed) &&
+             step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed);
+        if (ok) {
+            bump = bump_versions(t);
+            ok = db_ok(bump, PGRES_TUPLES_OK);
+            if (!ok)
+                failed = db_failure(t->c, bump);
+        }
+    }
+    ok = ok && step(t, resolve_existing(t), PGRES_TUPLES_OK, &failed);
+    if (!ok) {
+        PQclear(bump);
+        PQclear(db_exec_simple(t->c, "ROLLBACK"));
+        return failed;
+    }
+    if (!step(t, db_exec_simple(t->c, "COMMIT"), PGRES_COMMAND_OK, &failed)) {
+        PQclear(bump);
+        return DB_UNAVAILABLE;
+    }
+    for (size_t i = 0; i < t->n; i++)
+        if (t->inserted[i])
+            t->results[i] = INGEST_INSERTED;
+    if (bump)
+        record_commit(t, bump, commit);
+    PQclear(bump);
+    return DB_OK;
+}
+
+static void ingest_group(struct db_conn *c, struct db_order **orders, size_t n,
+                         enum db_ingest_result *results, struct db_ingest_commit *commit)
+{
+    struct attempt t = {c, orders, results, n, xcalloc(n, sizeof(bool)), xcalloc(n, sizeof(bool))};
+    mark_first_occurrences(&t);
+    enum db_status st = ingest_once(&t, commit);
+    free(t.first);
+    free(t.inserted);
+    if (st == DB_OK)
+        return;
+    if (st == DB_UNAVAILABLE || n == 1) {
+        for (size_t i = 0; i < n; i++)
+            results[i] = st == DB_UNAVAILABLE ? INGEST_UNAVAILABLE : INGEST_FAILED;
+        return;
+    }
+    /* A data error: split so that the bad order fails alone and its neighbours are stored. */
+    ingest_group(c, orders, n / 2, results, commit);
+    ingest_group(c, orders + n / 2, n - n / 2, results + n / 2, commit);
+}
+
+static uint64_t current_lsn(struct db_conn *c)
+{
+    PGresult *r = db_exec(c, DB_WAL_LSN, NULL);
+    uint64_t lsn = db_ok(r, PGRES_TUPLES_OK) ? db_parse_lsn(PQgetvalue(r, 0, 0)) : 0;
+    PQclear(r);
+    return lsn;
+}
+
+void db_ingest(struct db *db, struct db_conn *c, struct db_order **orders, size_t n,
+               enum db_ingest_result *results, struct db_ingest_commit *commit)
+{
+    for (size_t i = 0; i < n; i++)
+        results[i] = INGEST_FAILED;
+    if (n == 0)
+        return;
+    if (!ensure_partitions(c, orders, n)) {
+        for (size_t i = 0; i < n; i++)
+            results[i] = INGEST_UNAVAILABLE;
+        return;
+    }
+    size_t before = commit->n_merchants;
+    ingest_group(c, orders, n, results, commit);
+    if (commit->n_merchants == before)
+        return;
+    uint64_t lsn = current_lsn(c);
+    if (lsn == 0)
+        log_warn("committed, but the WAL position is unknown: reads may lag for a moment");
+    if (lsn > commit->lsn)
+        commit->lsn = lsn;
+    for (size_t i = before; i < commit->n_merchants; i++)
+        db_note_write_lsn(db, commit->merchant_ids[i], lsn);
+}
+
+void db_ingest_commit_free(struct db_ingest_commit *commit)
+{
+    free(commit->merchant_ids);
+    free(commit->versions);
+    memset(commit, 0, sizeof(*commit));
+}

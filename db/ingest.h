@@ -1,0 +1,31 @@
+/* ingest.h - storing orders exactly once: one transaction per group, with the rollup deltas
+ * of the rows actually inserted. Shared by the group-commit writer, batches and seed. */
+#ifndef CANGREJO_DB_INGEST_H
+#define CANGREJO_DB_INGEST_H
+
+#include "db/orders.h"
+#include "db/pool.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* What a committed group changed: the merchants whose data moved, their new data versions, and
+ * the primary's WAL position after the commit (for read-your-writes). Freed by
+ * db_ingest_commit_free. */
+struct db_ingest_commit {
+    size_t n_merchants;
+    int64_t *merchant_ids;
+    int64_t *versions;
+    uint64_t lsn;
+};
+
+/* Stores orders[0..n) on the primary connection c; results[i] tells what became of orders[i].
+ * New orders get created_at. A group that fails on data is retried in halves so that a bad
+ * order fails alone; connection trouble makes the uncommitted ones INGEST_UNAVAILABLE.
+ * Merchants changed by every committed transaction are added to *commit. */
+void db_ingest(struct db *db, struct db_conn *c, struct db_order **orders, size_t n,
+               enum db_ingest_result *results, struct db_ingest_commit *commit);
+/* Frees what db_ingest added to a commit record. */
+void db_ingest_commit_free(struct db_ingest_commit *commit);
+
+#endif

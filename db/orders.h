@@ -1,0 +1,58 @@
+/* orders.h - orders as stored: the records the write path ingests and the read path returns. */
+#ifndef CANGREJO_DB_ORDERS_H
+#define CANGREJO_DB_ORDERS_H
+
+#include "db/pool.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct arena;
+
+/* Stored as smallint; the order of each list is the API's spelling table. */
+enum order_channel { CHANNEL_ONLINE, CHANNEL_POS, CHANNEL_COUNT_ };
+enum order_fulfillment { FULFILLMENT_PICKUP, FULFILLMENT_DELIVERY, FULFILLMENT_DINE_IN, FULFILLMENT_COUNT_ };
+enum order_status { ORDER_PLACED, ORDER_CANCELLED };
+
+enum { ORDER_HASH_BYTES = 32 };
+
+struct db_item {
+    const char *sku, *name;
+    int64_t quantity, unit_price_cents;
+};
+
+struct db_order {
+    int64_t merchant_id;
+    const char *order_id;
+    int64_t store_id;
+    enum order_channel channel;
+    enum order_fulfillment fulfillment;
+    enum order_status status;
+    int64_t placed_at_us; /* microseconds since the epoch, UTC */
+    char currency[4];
+    struct db_item *items;
+    size_t n_items;
+    int64_t gross_cents, discount_cents, net_cents, tax_cents, total_cents, items_sold;
+    const char *promo_code;   /* NULL when none */
+    const char *customer_ref; /* NULL when none */
+    unsigned char content_hash[ORDER_HASH_BYTES];
+    char created_at[24]; /* RFC 3339 UTC, set once stored ("" before) */
+};
+
+/* What became of one order handed to db_ingest. */
+enum db_ingest_result {
+    INGEST_INSERTED,  /* new: stored and counted */
+    INGEST_DUPLICATE, /* the same order_id with the same content was already stored */
+    INGEST_CONFLICT,  /* the same order_id with other content was already stored */
+    INGEST_FAILED,    /* this order could not be stored (see the log); others may have been */
+    INGEST_UNAVAILABLE, /* the primary could not be reached or the commit is unknown */
+};
+
+/* Reads one order with its items; DB_NOT_FOUND when unknown. Served by a replica that has
+ * replayed min_lsn, else the primary; *role tells which. */
+enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
+                            const char *order_id, uint64_t min_lsn, struct db_order *out,
+                            const char **role);
+
+#endif

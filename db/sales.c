@@ -1,0 +1,2 @@
+/* Placeholder: db/sales.c is being written. */
+#include "db/pool.h"

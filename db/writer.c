@@ -1,0 +1,192 @@
+#include "writer.h"
+
+#include "server/alloc.h"
+#include "server/log.h"
+#include "server/metrics.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { MAX_THREADS = 16 };
+
+static const unsigned group_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+enum { N_GROUP_BOUNDS = sizeof(group_bounds) / sizeof(group_bounds[0]) };
+
+struct db_writer {
+    struct db *db;
+    struct db_writer_options opt;
+    pthread_t threads[MAX_THREADS];
+    unsigned n_threads;
+    pthread_mutex_t lock;
+    pthread_cond_t queued;
+    struct db_write *head, *tail;
+    size_t pending;
+    bool stopping;
+    atomic_uint_fast64_t groups, orders, group_buckets[N_GROUP_BOUNDS + 1];
+};
+
+static void queue_push(struct db_writer *w, struct db_write *write)
+{
+    write->next = NULL;
+    if (w->tail)
+        w->tail->next = write;
+    else
+        w->head = write;
+    w->tail = write;
+    w->pending++;
+}
+
+static struct db_write *queue_pop(struct db_writer *w)
+{
+    struct db_write *write = w->head;
+    w->head = write->next;
+    if (!w->head)
+        w->tail = NULL;
+    w->pending--;
+    return write;
+}
+
+static void linger(struct db_writer *w)
+{
+    if (w->opt.max_wait_us == 0 || w->pending >= w->opt.max_batch)
+        return;
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_nsec += (long)w->opt.max_wait_us * 1000;
+    deadline.tv_sec += deadline.tv_nsec / 1000000000;
+    deadline.tv_nsec %= 1000000000;
+    while (w->pending < w->opt.max_batch && !w->stopping &&
+           pthread_cond_timedwait(&w->queued, &w->lock, &deadline) == 0)
+        ;
+}
+
+/* Takes up to max_batch writes; 0 when stopping with nothing left. */
+static size_t take_group(struct db_writer *w, struct db_write **group)
+{
+    pthread_mutex_lock(&w->lock);
+    while (!w->head && !w->stopping)
+        pthread_cond_wait(&w->queued, &w->lock);
+    linger(w);
+    size_t n = 0;
+    while (w->head && n < w->opt.max_batch)
+        group[n++] = queue_pop(w);
+    pthread_mutex_unlock(&w->lock);
+    return n;
+}
+
+static void count_group(struct db_writer *w, size_t n)
+{
+    atomic_fetch_add(&w->groups, 1);
+    atomic_fetch_add(&w->orders, n);
+    size_t b = 0;
+    while (b < N_GROUP_BOUNDS && n > group_bounds[b])
+        b++;
+    atomic_fetch_add(&w->group_buckets[b], 1);
+}
+
+static void write_group(struct db_writer *w, struct db_write **group, size_t n,
+                        struct db_order **orders, enum db_ingest_result *results)
+{
+    for (size_t i = 0; i < n; i++) {
+        orders[i] = group[i]->order;
+        results[i] = INGEST_UNAVAILABLE;
+    }
+    struct db_ingest_commit commit = {0};
+    struct db_conn *c = db_acquire_primary(w->db);
+    if (c) {
+        db_ingest(w->db, c, orders, n, results, &commit);
+        db_release(c);
+    }
+    if (commit.n_merchants && w->opt.on_commit)
+        w->opt.on_commit(w->opt.on_commit_ud, &commit);
+    db_ingest_commit_free(&commit);
+    count_group(w, n);
+    for (size_t i = 0; i < n; i++) {
+        group[i]->result = results[i];
+        group[i]->done(group[i]);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct db_writer *w = arg;
+    struct db_write **group = xmalloc(w->opt.max_batch * sizeof(*group));
+    struct db_order **orders = xmalloc(w->opt.max_batch * sizeof(*orders));
+    enum db_ingest_result *results = xmalloc(w->opt.max_batch * sizeof(*results));
+    size_t n;
+    while ((n = take_group(w, group)) > 0)
+        write_group(w, group, n, orders, results);
+    free(group);
+    free(orders);
+    free(results);
+    return NULL;
+}
+
+struct db_writer *db_writer_start(struct db *db, const struct db_writer_options *opt)
+{
+    struct db_writer *w = xcalloc(1, sizeof(*w));
+    w->db = db;
+    w->opt = *opt;
+    if (w->opt.max_batch == 0)
+        w->opt.max_batch = 1;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->queued, &attr);
+    pthread_condattr_destroy(&attr);
+    unsigned threads = opt->threads < 1 ? 1 : opt->threads > MAX_THREADS ? MAX_THREADS : opt->threads;
+    for (unsigned i = 0; i < threads; i++)
+        if (pthread_create(&w->threads[w->n_threads], NULL, writer_main, w) == 0)
+            w->n_threads++;
+    if (w->n_threads == 0)
+        abort(); /* cannot run at all without a writer thread */
+    return w;
+}
+
+bool db_writer_submit(struct db_writer *w, struct db_write *write)
+{
+    pthread_mutex_lock(&w->lock);
+    bool accepted = !w->stopping;
+    if (accepted) {
+        queue_push(w, write);
+        pthread_cond_signal(&w->queued);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return accepted;
+}
+
+void db_writer_stop(struct db_writer *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    pthread_cond_broadcast(&w->queued);
+    pthread_mutex_unlock(&w->lock);
+    for (unsigned i = 0; i < w->n_threads; i++)
+        pthread_join(w->threads[i], NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->queued);
+    free(w);
+}
+
+void db_writer_render_metrics(struct buf *out, void *ud)
+{
+    struct db_writer *w = ud;
+    const char *name = "cangrejo_ingest_group_size";
+    metrics_write_header(out, name, "histogram",
+                         "Orders committed together by the group-commit writer, per transaction.");
+    unsigned long long cumulative = 0;
+    for (size_t b = 0; b < N_GROUP_BOUNDS; b++) {
+        cumulative += atomic_load(&w->group_buckets[b]);
+        buf_printf(out, "%s_bucket{le=\"%u\"} %llu\n", name, group_bounds[b], cumulative);
+    }
+    cumulative += atomic_load(&w->group_buckets[N_GROUP_BOUNDS]);
+    buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cumulative);
+    buf_printf(out, "%s_sum %llu\n", name, (unsigned long long)atomic_load(&w->orders));
+    buf_printf(out, "%s_count %llu\n", name, (unsigned long long)atomic_load(&w->groups));
+}

@@ -1,0 +1,30 @@
+/* order_json.h - an order between JSON and struct db_order: validation of everything API.md
+ * asks of an order, its canonical content hash, and the response body. */
+#ifndef CANGREJO_ORDER_JSON_H
+#define CANGREJO_ORDER_JSON_H
+
+#include "db/orders.h"
+#include "handlers/validate.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum {
+    ORDER_MAX_ITEMS = 200,
+    ORDER_MAX_FUTURE_US = 5LL * 60 * 1000000, /* placed_at at most 5 minutes ahead */
+};
+
+/* Names of channels and fulfillments as the API spells them. */
+const char *order_channel_name(enum order_channel c);
+const char *order_fulfillment_name(enum order_fulfillment f);
+/* Fills *out from an order object, recording every problem in v under prefix ("" for a single
+ * order, "orders[3]" style in batches would pass that). Computes gross/net/total and the
+ * content hash. False when anything failed. */
+bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
+                     int64_t merchant_id, const char *merchant_currency, int64_t now_us,
+                     struct db_order *out);
+/* The API's order object (customer PII is never included here). */
+json_t *order_to_json(const struct db_order *o);
+
+#endif
