@@ -54,6 +54,7 @@ struct db {
     struct db_pool *replicas[MAX_REPLICAS];
     size_t n_replicas;
     atomic_uint next_replica;
+    atomic_uint_fast64_t reads_replica, reads_primary, reads_replica_behind;
     struct lsn_map lsns;
 };
 
@@ -107,10 +108,11 @@ static void pool_free(struct db_pool *p)
 /* Opens one connection with our defaults; the URL's own parameters take precedence. */
 static PGconn *pool_connect(struct db_pool *p)
 {
-    char connect_timeout[16], tcp_user_timeout[16], options[64];
+    char connect_timeout[16], tcp_user_timeout[16], options[96];
     snprintf(connect_timeout, sizeof(connect_timeout), "%u", p->connect_timeout_s);
     snprintf(tcp_user_timeout, sizeof(tcp_user_timeout), "%u", p->statement_timeout_ms);
-    snprintf(options, sizeof(options), "-c statement_timeout=%u", p->statement_timeout_ms);
+    snprintf(options, sizeof(options), "-c statement_timeout=%u -c client_min_messages=warning",
+             p->statement_timeout_ms);
     const char *keys[] = {"connect_timeout",    "application_name", "keepalives",
                           "keepalives_idle",    "keepalives_interval", "keepalives_count",
                           "tcp_user_timeout",   "options",          "dbname",
@@ -371,11 +373,14 @@ struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char *
             continue;
         if (min_lsn == 0 || replica_has_replayed(c, min_lsn)) {
             *role = "replica";
+            atomic_fetch_add(&db->reads_replica, 1);
             return c;
         }
+        atomic_fetch_add(&db->reads_replica_behind, 1);
         db_release(c);
     }
     *role = "primary";
+    atomic_fetch_add(&db->reads_primary, 1);
     return db_acquire_primary(db);
 }
 
@@ -499,6 +504,17 @@ void db_render_metrics(struct buf *out, void *ud)
     snapshot_pool(db->primary, &snaps[n++]);
     for (size_t i = 0; i < db->n_replicas; i++)
         snapshot_pool(db->replicas[i], &snaps[n++]);
+    metrics_write_header(out, "cangrejo_db_reads_total", "counter",
+                         "Reads by the server that answered them.");
+    buf_printf(out, "cangrejo_db_reads_total{role=\"replica\"} %llu\n",
+               (unsigned long long)atomic_load(&db->reads_replica));
+    buf_printf(out, "cangrejo_db_reads_total{role=\"primary\"} %llu\n",
+               (unsigned long long)atomic_load(&db->reads_primary));
+    metrics_write_header(out, "cangrejo_db_replica_behind_total", "counter",
+                         "Reads a replica could not serve because it had not replayed the "
+                         "merchant's last write yet.");
+    buf_printf(out, "cangrejo_db_replica_behind_total %llu\n",
+               (unsigned long long)atomic_load(&db->reads_replica_behind));
     for (size_t f = 0; f < sizeof(pool_families) / sizeof(pool_families[0]); f++) {
         if (pool_families[f].type)
             metrics_write_header(out, pool_families[f].name, pool_families[f].type,

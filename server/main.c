@@ -10,6 +10,7 @@
 #include "server/http.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/seed.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -58,6 +59,10 @@ static void print_usage(FILE *out)
             "                                 (default: every scope but admin and pii ones)\n"
             "               --sub NAME        subject (default: dev)\n"
             "               --ttl SECONDS     lifetime (default: 3600)\n"
+            "  seed       write demo merchants (1, 2, 3) and weeks of orders; deterministic:\n"
+            "               --seed N          random seed (default 42)\n"
+            "               --days N          days of history up to now (default 42)\n"
+            "               --orders-per-day N  per store on a weekday (default 60)\n"
             "  version    print the version\n"
             "  help       print this help\n\n");
     config_print_help(out);
@@ -103,6 +108,20 @@ static int cmd_migrate(void)
                      db_schema_version_expected(), applied);
         }
     }
+    config_free(&cfg);
+    return rc;
+}
+
+static int cmd_seed(int argc, char **argv)
+{
+    struct config cfg;
+    if (!load_config(&cfg))
+        return 2;
+    int rc = 2;
+    if (!cfg.database_url || !*cfg.database_url)
+        fprintf(stderr, "cangrejo seed: DATABASE_URL is required\n");
+    else
+        rc = seed_main(&cfg, argc, argv);
     config_free(&cfg);
     return rc;
 }
@@ -338,6 +357,8 @@ int main(int argc, char **argv)
         return cmd_serve();
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate();
+    if (strcmp(cmd, "seed") == 0)
+        return cmd_seed(argc - 1, argv + 1);
     if (strcmp(cmd, "token") == 0)
         return cmd_token(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
