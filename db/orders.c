@@ -60,17 +60,14 @@ enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
                             const char *order_id, uint64_t min_lsn, struct db_order *out,
                             const char **role)
 {
-    struct db_conn *c = db_acquire_read_at(db, min_lsn, role);
-    if (!c)
-        return DB_UNAVAILABLE;
     char mid[24];
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
     const char *params[] = {mid, order_id};
-    PGresult *r = db_exec(c, DB_ORDER_GET, params);
-    enum db_status st = DB_OK;
-    if (!db_ok(r, PGRES_TUPLES_OK))
-        st = db_failure(c, r);
-    else if (PQntuples(r) == 0)
+    enum db_status st;
+    PGresult *r = db_read(db, min_lsn, DB_ORDER_GET, params, role, &st);
+    if (!r)
+        return st;
+    if (PQntuples(r) == 0)
         st = DB_NOT_FOUND;
     else {
         memset(out, 0, sizeof(*out));
@@ -79,6 +76,5 @@ enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
         order_from_row(a, r, out);
     }
     PQclear(r);
-    db_release(c);
     return st;
 }

@@ -213,17 +213,39 @@ static bool conn_reset_state(struct db_conn *c)
     return ok && PQtransactionStatus(c->pg) == PQTRANS_IDLE;
 }
 
+/* Takes every idle connection out of the pool (they are closed by the caller). */
+static struct db_conn *pool_take_idle(struct db_pool *p)
+{
+    struct db_conn *idle = p->idle;
+    for (struct db_conn *c = idle; c; c = c->next_idle)
+        p->open--;
+    p->idle = NULL;
+    return idle;
+}
+
+static void close_conns(struct db_pool *p, struct db_conn *list)
+{
+    while (list) {
+        struct db_conn *next = list->next_idle;
+        PQfinish(list->pg);
+        free(list);
+        atomic_fetch_add(&p->dropped, 1);
+        list = next;
+    }
+}
+
 void db_release(struct db_conn *c)
 {
     if (!c)
         return;
     struct db_pool *p = c->pool;
     bool keep = conn_reset_state(c);
+    bool lost = !keep && PQstatus(c->pg) != CONNECTION_OK;
     if (!keep) {
-        PQfinish(c->pg);
-        free(c);
-        atomic_fetch_add(&p->dropped, 1);
+        c->next_idle = NULL;
+        close_conns(p, c);
     }
+    struct db_conn *stale = NULL;
     pthread_mutex_lock(&p->lock);
     p->busy--;
     if (keep) {
@@ -232,8 +254,15 @@ void db_release(struct db_conn *c)
     } else {
         p->open--;
     }
-    pthread_cond_signal(&p->freed);
+    if (lost) {
+        /* The server went away: its other idle connections are dead too. Drop them and
+         * let the next acquire reconnect after a short backoff. */
+        stale = pool_take_idle(p);
+        p->down_until_ms = now_ms() + DOWN_BACKOFF_MS;
+    }
+    pthread_cond_broadcast(&p->freed);
     pthread_mutex_unlock(&p->lock);
+    close_conns(p, stale);
 }
 
 static bool pool_is_down(struct db_pool *p)
@@ -298,6 +327,30 @@ size_t db_replica_count(const struct db *db)
 struct db_conn *db_acquire_replica_n(struct db *db, size_t i, unsigned wait_ms)
 {
     return i < db->n_replicas ? pool_acquire(db->replicas[i], wait_ms) : NULL;
+}
+
+PGresult *db_read(struct db *db, uint64_t min_lsn, enum db_stmt stmt, const char *const *params,
+                  const char **role, enum db_status *st)
+{
+    struct db_conn *c = db_acquire_read_at(db, min_lsn, role);
+    for (int attempt = 0; c; attempt++) {
+        PGresult *r = db_exec(c, stmt, params);
+        if (db_ok(r, PGRES_TUPLES_OK)) {
+            db_release(c);
+            *st = DB_OK;
+            return r;
+        }
+        *st = db_failure(c, r);
+        bool replica = c->pool != db->primary;
+        PQclear(r);
+        db_release(c);
+        if (*st != DB_UNAVAILABLE || !replica || attempt > 0)
+            return NULL;
+        *role = "primary";
+        c = db_acquire_primary(db);
+    }
+    *st = DB_UNAVAILABLE;
+    return NULL;
 }
 
 struct db_conn *db_acquire_read(struct db *db, const char **role)

@@ -38,6 +38,11 @@ struct db_conn *db_acquire_read(struct db *db, const char **role);
 /* Like db_acquire_read, but only from a replica that has replayed the primary's WAL up to
  * min_lsn (0: any); else the primary. Read-your-writes after a commit at min_lsn. */
 struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char **role);
+/* Runs a read-only statement where db_acquire_read_at would, and once more on the primary
+ * when the replica fails under it (it may have just gone away). Returns the result (PQclear
+ * it) with *st DB_OK, or NULL with *st saying why; *role tells who answered. */
+PGresult *db_read(struct db *db, uint64_t min_lsn, enum db_stmt stmt, const char *const *params,
+                  const char **role, enum db_status *st);
 /* Remembers that merchant_id's data was committed at lsn on the primary (this instance). */
 void db_note_write_lsn(struct db *db, int64_t merchant_id, uint64_t lsn);
 /* The newest commit LSN this instance knows for merchant_id (0 if none; conservative when
