@@ -72,28 +72,24 @@ static void merchant_from_row(struct arena *a, const PGresult *r, struct db_merc
     out->updated_at = arena_strdup(a, PQgetvalue(r, 0, 5));
 }
 
-/* Runs stmt with params on a primary connection and turns a one-row result into *out. */
-static enum db_status one_merchant_row(struct db *db, struct arena *a, enum db_stmt stmt,
-                                       const char *const *params, struct db_merchant *out,
-                                       bool *created)
+static enum db_status merchant_from_result(struct arena *a, PGresult *r, struct db_merchant *out,
+                                           bool *created)
 {
-    struct db_conn *c = db_acquire_primary(db);
-    if (!c)
-        return DB_UNAVAILABLE;
-    PGresult *r = db_exec(c, stmt, params);
-    enum db_status st = DB_OK;
-    if (!db_ok(r, PGRES_TUPLES_OK))
-        st = db_failure(c, r);
-    else if (PQntuples(r) == 0)
-        st = DB_NOT_FOUND;
-    else {
-        merchant_from_row(a, r, out);
-        if (created)
-            *created = PQgetvalue(r, 0, 6)[0] == 't';
-    }
+    if (PQntuples(r) == 0)
+        return DB_NOT_FOUND;
+    merchant_from_row(a, r, out);
+    if (created)
+        *created = PQgetvalue(r, 0, 6)[0] == 't';
+    return DB_OK;
+}
+
+/* The primary's WAL position now (after a write on c committed), or 0. */
+static uint64_t wal_position(struct db_conn *c)
+{
+    PGresult *r = db_exec(c, DB_WAL_LSN, NULL);
+    uint64_t lsn = db_ok(r, PGRES_TUPLES_OK) ? db_parse_lsn(PQgetvalue(r, 0, 0)) : 0;
     PQclear(r);
-    db_release(c);
-    return st;
+    return lsn;
 }
 
 enum db_status db_merchant_put(struct db *db, struct arena *a, const struct db_merchant *in,
@@ -102,7 +98,16 @@ enum db_status db_merchant_put(struct db *db, struct arena *a, const struct db_m
     char id[24];
     snprintf(id, sizeof(id), "%" PRId64, in->merchant_id);
     const char *params[] = {id, in->name, in->timezone, in->currency};
-    enum db_status st = one_merchant_row(db, a, DB_MERCHANT_UPSERT, params, out, created);
+    struct db_conn *c = db_acquire_primary(db);
+    if (!c)
+        return DB_UNAVAILABLE;
+    PGresult *r = db_exec(c, DB_MERCHANT_UPSERT, params);
+    enum db_status st = db_ok(r, PGRES_TUPLES_OK) ? merchant_from_result(a, r, out, created)
+                                                  : db_failure(c, r);
+    PQclear(r);
+    if (st == DB_OK)
+        db_note_write_lsn(db, in->merchant_id, wal_position(c));
+    db_release(c);
     if (st == DB_NOT_FOUND)
         return DB_CONFLICT; /* the update was refused: a currency change after orders */
     if (st == DB_OK)
@@ -116,7 +121,15 @@ enum db_status db_merchant_get(struct db *db, struct arena *a, int64_t merchant_
     char id[24];
     snprintf(id, sizeof(id), "%" PRId64, merchant_id);
     const char *params[] = {id};
-    return one_merchant_row(db, a, DB_MERCHANT_GET, params, out, NULL);
+    const char *role;
+    enum db_status st;
+    PGresult *r =
+        db_read(db, db_merchant_write_lsn(db, merchant_id), DB_MERCHANT_GET, params, &role, &st);
+    if (!r)
+        return st;
+    st = merchant_from_result(a, r, out, NULL);
+    PQclear(r);
+    return st;
 }
 
 enum db_status db_merchant_lookup(struct db *db, struct arena *a, int64_t merchant_id,

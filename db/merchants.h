@@ -19,7 +19,8 @@ struct db_merchant {
  * currency would change although orders exist. Strings in out are arena-owned. */
 enum db_status db_merchant_put(struct db *db, struct arena *a, const struct db_merchant *in,
                                struct db_merchant *out, bool *created);
-/* Reads a merchant from the primary (the source of truth for tenants). */
+/* Reads a merchant from a replica that has this instance's last write of it, else the
+ * primary. */
 enum db_status db_merchant_get(struct db *db, struct arena *a, int64_t merchant_id,
                                struct db_merchant *out);
 

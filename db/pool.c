@@ -12,7 +12,13 @@
 #include <string.h>
 #include <time.h>
 
-enum { DOWN_BACKOFF_MS = 500, MAX_REPLICAS = 16, LSN_SLOTS = 1 << 16 };
+enum {
+    DOWN_BACKOFF_MS = 500,
+    MAX_REPLICAS = 16,
+    LSN_SLOTS = 1 << 16,
+    MONITOR_INTERVAL_MS = 500,
+    MONITOR_WAIT_MS = 100,
+};
 
 struct db_conn {
     struct db_pool *pool;
@@ -33,6 +39,7 @@ struct db_pool {
     unsigned open, busy, waiting;
     int64_t down_until_ms;
     atomic_uint_fast64_t replay_lsn; /* newest replay position seen (replicas) */
+    atomic_int_fast64_t lag_ms;      /* replay lag from the monitor; -1 while unknown */
     atomic_uint_fast64_t timeouts, connect_failures, dropped;
 };
 
@@ -56,6 +63,11 @@ struct db {
     atomic_uint next_replica;
     atomic_uint_fast64_t reads_replica, reads_primary, reads_replica_behind;
     struct lsn_map lsns;
+    unsigned max_lag_ms;
+    pthread_t monitor;
+    bool monitoring, stopping;
+    pthread_mutex_t monitor_lock;
+    pthread_cond_t monitor_wake;
 };
 
 _Static_assert(DB_STMT_COUNT_ <= 64, "db_conn.prepared holds 64 statements");
@@ -78,6 +90,7 @@ static struct db_pool *pool_new(const char *role, const char *label, const char 
     p->wait_ms = opt->wait_ms;
     p->connect_timeout_s = opt->connect_timeout_s;
     p->statement_timeout_ms = opt->statement_timeout_ms;
+    atomic_store(&p->lag_ms, -1);
     pthread_mutex_init(&p->lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -273,10 +286,72 @@ static bool pool_is_down(struct db_pool *p)
     return down;
 }
 
+/* Asks one replica for its replay lag and position. */
+static void monitor_replica(struct db_pool *p)
+{
+    struct db_conn *c = pool_acquire(p, MONITOR_WAIT_MS);
+    int64_t lag = -1;
+    if (c) {
+        PGresult *r = db_exec(c, DB_REPLICA_LAG, NULL);
+        if (db_ok(r, PGRES_TUPLES_OK) && PQntuples(r) == 1) {
+            lag = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+            uint64_t lsn = db_parse_lsn(PQgetvalue(r, 0, 1));
+            uint64_t seen = atomic_load(&p->replay_lsn);
+            while (lsn > seen && !atomic_compare_exchange_weak(&p->replay_lsn, &seen, lsn))
+                ;
+        }
+        PQclear(r);
+        db_release(c);
+    }
+    atomic_store(&p->lag_ms, lag);
+}
+
+/* Keeps each replica's lag and replay position fresh, so reads can skip laggards. */
+static void *monitor_main(void *arg)
+{
+    struct db *db = arg;
+    pthread_mutex_lock(&db->monitor_lock);
+    while (!db->stopping) {
+        pthread_mutex_unlock(&db->monitor_lock);
+        for (size_t i = 0; i < db->n_replicas; i++)
+            monitor_replica(db->replicas[i]);
+        struct timespec deadline = deadline_after(MONITOR_INTERVAL_MS);
+        pthread_mutex_lock(&db->monitor_lock);
+        if (!db->stopping)
+            pthread_cond_timedwait(&db->monitor_wake, &db->monitor_lock, &deadline);
+    }
+    pthread_mutex_unlock(&db->monitor_lock);
+    return NULL;
+}
+
+static void start_monitor(struct db *db)
+{
+    pthread_mutex_init(&db->monitor_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&db->monitor_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    db->monitoring = db->n_replicas > 0 && pthread_create(&db->monitor, NULL, monitor_main, db) == 0;
+}
+
+static void stop_monitor(struct db *db)
+{
+    pthread_mutex_lock(&db->monitor_lock);
+    db->stopping = true;
+    pthread_cond_signal(&db->monitor_wake);
+    pthread_mutex_unlock(&db->monitor_lock);
+    if (db->monitoring)
+        pthread_join(db->monitor, NULL);
+    pthread_mutex_destroy(&db->monitor_lock);
+    pthread_cond_destroy(&db->monitor_wake);
+}
+
 struct db *db_open(const struct db_options *opt, char *err, size_t errlen)
 {
     struct db *db = xcalloc(1, sizeof(*db));
     pthread_mutex_init(&db->lsns.lock, NULL);
+    db->max_lag_ms = opt->replica_max_lag_ms;
     db->primary = pool_new("primary", "primary", opt->primary_url, opt->primary_pool_size, opt);
     const char *s = opt->replica_urls ? opt->replica_urls : "";
     while (*s) {
@@ -295,6 +370,7 @@ struct db *db_open(const struct db_options *opt, char *err, size_t errlen)
         }
         s += len + (s[len] == ',');
     }
+    start_monitor(db);
     return db;
 }
 
@@ -302,6 +378,7 @@ void db_close(struct db *db)
 {
     if (!db)
         return;
+    stop_monitor(db);
     pool_free(db->primary);
     for (size_t i = 0; i < db->n_replicas; i++)
         pool_free(db->replicas[i]);
@@ -413,13 +490,20 @@ static bool replica_has_replayed(struct db_conn *c, uint64_t min_lsn)
     return lsn >= min_lsn;
 }
 
+/* A replica whose last measured lag is over the limit serves no reads until it catches up. */
+static bool too_far_behind(const struct db *db, struct db_pool *p)
+{
+    int64_t lag = atomic_load(&p->lag_ms);
+    return db->max_lag_ms > 0 && lag > (int64_t)db->max_lag_ms;
+}
+
 struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char **role)
 {
     size_t n = db->n_replicas;
     unsigned start = n ? atomic_fetch_add(&db->next_replica, 1) : 0;
     for (size_t k = 0; k < n; k++) {
         struct db_pool *p = db->replicas[(start + k) % n];
-        if (pool_is_down(p))
+        if (pool_is_down(p) || too_far_behind(db, p))
             continue;
         struct db_conn *c = pool_acquire(p, p->wait_ms);
         if (!c)
@@ -568,6 +652,14 @@ void db_render_metrics(struct buf *out, void *ud)
                          "merchant's last write yet.");
     buf_printf(out, "cangrejo_db_replica_behind_total %llu\n",
                (unsigned long long)atomic_load(&db->reads_replica_behind));
+    metrics_write_header(out, "cangrejo_db_replica_lag_seconds", "gauge",
+                         "Replay lag of each replica as last measured (absent while unknown).");
+    for (size_t i = 0; i < db->n_replicas; i++) {
+        int64_t lag = atomic_load(&db->replicas[i]->lag_ms);
+        if (lag >= 0)
+            buf_printf(out, "cangrejo_db_replica_lag_seconds{pool=\"%s\"} %.3f\n",
+                       db->replicas[i]->label, (double)lag / 1000);
+    }
     for (size_t f = 0; f < sizeof(pool_families) / sizeof(pool_families[0]); f++) {
         if (pool_families[f].type)
             metrics_write_header(out, pool_families[f].name, pool_families[f].type,

@@ -21,6 +21,7 @@ struct db_options {
     unsigned wait_ms;              /* bounded wait for a free connection */
     unsigned connect_timeout_s;
     unsigned statement_timeout_ms;
+    unsigned replica_max_lag_ms; /* replicas lagging more serve no reads; 0 = no limit */
 };
 
 struct db;

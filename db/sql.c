@@ -9,11 +9,14 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
     [DB_SCHEMA_VERSION] = {"schema_version",
                            "SELECT coalesce(max(version), 0) FROM schema_migrations", 0},
     /* Replay lag: 0 when everything received is replayed, else the age of the last replayed
-     * transaction (an idle primary sends no transactions, so age alone would mislead). */
+     * transaction (an idle primary sends no transactions, so age alone would mislead; after a
+     * restart the receive position restarts at a segment boundary, below what was replayed).
+     * Then the replay position. */
     [DB_REPLICA_LAG] = {"replica_lag",
-                        "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() "
+                        "SELECT CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() "
                         "THEN 0 ELSE coalesce((extract(epoch FROM now() - "
-                        "pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END",
+                        "pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END, "
+                        "coalesce(pg_last_wal_replay_lsn(), '0/0')::text",
                         0},
     [DB_REPLAY_LSN] = {"replay_lsn", "SELECT coalesce(pg_last_wal_replay_lsn(), '0/0')::text", 0},
     [DB_MERCHANT_UPSERT] =

@@ -73,7 +73,6 @@ void h_merchants_get(struct srv_req *req)
 {
     struct h_app *app = req->app;
     struct db_merchant m;
-    req->log_db = "primary";
     enum db_status st = db_merchant_get(app->db, req->arena, req->merchant_id, &m);
     if (st != DB_OK) {
         reply_db_failure(req, st);

@@ -78,6 +78,10 @@ const char *v_string(struct v_errors *v, const json_t *obj, const char *prefix, 
         return NULL;
     }
     size_t chars = utf8_chars(s);
+    if (chars > 0 && strspn(s, " ") == strlen(s)) {
+        v_fail(v, path, "must not be blank");
+        return NULL;
+    }
     if (chars == 0 || chars > max_chars) {
         v_fail(v, path, arena_sprintf(v->arena, "must be 1 to %zu characters", max_chars));
         return NULL;

@@ -30,6 +30,8 @@
     X(db_pool_size, INT, "DB_POOL_SIZE", "16", 1, 1000, "connections to the primary at most")      \
     X(db_replica_pool_size, INT, "DB_REPLICA_POOL_SIZE", "16", 1, 1000,                            \
       "connections to each replica at most")                                                       \
+    X(db_replica_max_lag_ms, INT, "DB_REPLICA_MAX_LAG_MS", "5000", 0, 3600000,                     \
+      "a replica lagging more than this serves no reads; 0 means no limit")                       \
     X(db_pool_wait_ms, INT, "DB_POOL_WAIT_MS", "1000", 0, 60000,                                   \
       "a request waits this long for a free connection, then gets 503")                            \
     X(db_connect_timeout, INT, "DB_CONNECT_TIMEOUT_SECONDS", "2", 1, 60,                           \

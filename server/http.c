@@ -21,7 +21,7 @@
 
 /* GnuTLS priorities: TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
 #define SRV_TLS_PRIORITIES                                                                         \
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"           \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"            \
     "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 
 enum { CONNECTION_MEMORY_LIMIT = 64 * 1024, RETRY_AFTER_SECONDS = 1 };
@@ -107,8 +107,7 @@ static struct query_args *parse_query(struct srv_req *req)
         size_t name_len = eq ? (size_t)(eq - s) : len;
         if (len > 0) {
             q->args[q->n].name = percent_decode(req->arena, s, name_len);
-            q->args[q->n].value =
-                eq ? percent_decode(req->arena, eq + 1, len - name_len - 1) : "";
+            q->args[q->n].value = eq ? percent_decode(req->arena, eq + 1, len - name_len - 1) : "";
             q->n++;
         }
         s += len + (s[len] == '&');
@@ -204,7 +203,8 @@ static void reply_problem_with(struct srv_req *req, enum problem p, const char *
         srv_add_header(req, "Retry-After", seconds);
     }
     if (status == 401)
-        srv_add_header(req, "WWW-Authenticate", "Bearer realm=\"cangrejo\", error=\"invalid_token\"");
+        srv_add_header(req, "WWW-Authenticate",
+                       "Bearer realm=\"cangrejo\", error=\"invalid_token\"");
     json_t *body = problem_body(p, detail, req->request_id, errors);
     size_t len;
     char *text = json_to_arena(req->arena, body, &len);
@@ -221,9 +221,10 @@ void srv_reply_validation(struct srv_req *req, json_t *errors)
 {
     size_t n = json_array_size(errors);
     const char *detail =
-        n == 1 ? arena_sprintf(req->arena, "%s: %s",
-                               json_string_value(json_object_get(json_array_get(errors, 0), "field")),
-                               json_string_value(json_object_get(json_array_get(errors, 0), "message")))
+        n == 1 ? arena_sprintf(
+                     req->arena, "%s: %s",
+                     json_string_value(json_object_get(json_array_get(errors, 0), "field")),
+                     json_string_value(json_object_get(json_array_get(errors, 0), "message")))
                : arena_sprintf(req->arena, "%zu fields are invalid", n);
     reply_problem_with(req, PROBLEM_VALIDATION, detail, errors);
 }
@@ -239,9 +240,9 @@ json_t *srv_body_json_object(struct srv_req *req)
     json_error_t err;
     json_t *root = json_parse_strict(req->body, req->body_len, &err);
     if (!root) {
-        srv_reply_problem(req, PROBLEM_MALFORMED_JSON,
-                          arena_sprintf(req->arena, "line %d, column %d: %s", err.line, err.column,
-                                        err.text));
+        srv_reply_problem(
+            req, PROBLEM_MALFORMED_JSON,
+            arena_sprintf(req->arena, "line %d, column %d: %s", err.line, err.column, err.text));
         return NULL;
     }
     json_arena_own(req->arena, root);
@@ -297,7 +298,8 @@ static void take_traceparent(struct srv_req *req)
         return;
     for (size_t i = 0; i < 55; i++) {
         bool dash = i == 2 || i == 35 || i == 52;
-        if (dash ? tp[i] != '-' : !(isdigit((unsigned char)tp[i]) || (tp[i] >= 'a' && tp[i] <= 'f')))
+        if (dash ? tp[i] != '-'
+                 : !(isdigit((unsigned char)tp[i]) || (tp[i] >= 'a' && tp[i] <= 'f')))
             return;
     }
     req->traceparent = arena_strdup(req->arena, tp);
@@ -309,6 +311,44 @@ static enum MHD_Result sum_header_bytes(void *cls, enum MHD_ValueKind kind, cons
     size_t *total = cls;
     *total += strlen(key) + (value ? strlen(value) : 0) + 4;
     return MHD_YES;
+}
+
+struct framing {
+    unsigned content_lengths, transfer_encodings;
+};
+
+static enum MHD_Result count_framing_headers(void *cls, enum MHD_ValueKind kind, const char *key,
+                                             const char *value)
+{
+    struct framing *f = cls;
+    f->content_lengths += strcasecmp(key, "Content-Length") == 0;
+    f->transfer_encodings += strcasecmp(key, "Transfer-Encoding") == 0;
+    return MHD_YES;
+}
+
+/* RFC 9112 6.3: a body whose length two parties could read differently is refused before a
+ * byte of it is read, and the connection is closed, so nothing behind it can pass for a
+ * second request. */
+static bool framing_unambiguous(struct srv_req *req)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_framing_headers, &f);
+    const char *te = srv_header(req, "Transfer-Encoding");
+    const char *why = NULL;
+    if (f.content_lengths > 1)
+        why = "more than one Content-Length";
+    else if (f.transfer_encodings > 1)
+        why = "more than one Transfer-Encoding";
+    else if (te && f.content_lengths)
+        why = "both Content-Length and Transfer-Encoding";
+    else if (te && strcasecmp(te, "chunked") != 0)
+        why = "a transfer coding other than chunked";
+    if (!why)
+        return true;
+    req->close_connection = true;
+    srv_reply_problem(req, PROBLEM_BAD_REQUEST,
+                      arena_sprintf(req->arena, "ambiguous framing: %s", why));
+    return false;
 }
 
 static bool headers_too_large(struct srv_req *req)
@@ -422,9 +462,9 @@ static bool authenticate(struct srv_req *req)
 {
     size_t len = 0;
     const char *token = bearer_token(req, &len);
-    enum auth_result r = token ? auth_verify(req->srv->auth, token, len, time(NULL), req->arena,
-                                             &req->principal)
-                               : AUTH_MISSING;
+    enum auth_result r =
+        token ? auth_verify(req->srv->auth, token, len, time(NULL), req->arena, &req->principal)
+              : AUTH_MISSING;
     if (r != AUTH_OK) {
         srv_reply_problem(req, PROBLEM_UNAUTHORIZED, auth_result_text(r));
         return false;
@@ -470,12 +510,14 @@ static bool authorize(struct srv_req *req)
 static void begin_request(struct srv_req *req, const char *method)
 {
     req->method_name = arena_strdup(req->arena, method);
-    req->expects_body = srv_header(req, "Transfer-Encoding") ||
-                        (srv_header(req, "Content-Length") &&
-                         strcmp(srv_header(req, "Content-Length"), "0") != 0);
+    req->expects_body =
+        srv_header(req, "Transfer-Encoding") ||
+        (srv_header(req, "Content-Length") && strcmp(srv_header(req, "Content-Length"), "0") != 0);
     make_request_id(req);
     take_traceparent(req);
     log_set_request_id(req->request_id);
+    if (!framing_unambiguous(req))
+        return;
     if (headers_too_large(req)) {
         srv_reply_problem(req, PROBLEM_HEADERS_TOO_LARGE, "request headers exceed 16 KiB");
         return;
@@ -542,7 +584,7 @@ static enum MHD_Result queue_reply(struct srv_req *req)
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
     for (size_t i = 0; i < req->n_headers; i++)
         MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
-    if (atomic_load(&req->srv->draining) || req->body_too_large)
+    if (atomic_load(&req->srv->draining) || req->body_too_large || req->close_connection)
         MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result r = MHD_queue_response(req->conn, req->status, resp);
     MHD_destroy_response(resp);
@@ -601,11 +643,10 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
 static void log_access(struct srv_req *req, unsigned status, double seconds)
 {
     const char *route = req->route ? req->route->path : "unmatched";
-    json_t *line = json_pack("{s:s, s:s, s:s, s:s, s:i, s:f}", "msg", "request", "request_id",
-                             req->request_id, "method",
-                             req->method_name ? req->method_name : "-", "route",
-                             route, "status", (json_int_t)status, "duration_ms",
-                             (double)(long long)(seconds * 1e6) / 1e3);
+    json_t *line =
+        json_pack("{s:s, s:s, s:s, s:s, s:i, s:f}", "msg", "request", "request_id", req->request_id,
+                  "method", req->method_name ? req->method_name : "-", "route", route, "status",
+                  (json_int_t)status, "duration_ms", (double)(long long)(seconds * 1e6) / 1e3);
     if (req->merchant_id)
         json_object_set_new(line, "merchant", json_integer(req->merchant_id));
     if (req->principal.sub)
@@ -652,10 +693,11 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     log_warn("libmicrohttpd: %s", msg);
 }
 
-static bool resolve_listen(const struct srv_options *opt, struct sockaddr_storage *addr,
-                           char *err, size_t errlen)
+static bool resolve_listen(const struct srv_options *opt, struct sockaddr_storage *addr, char *err,
+                           size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(opt->host, opt->port, &hints, &res);
@@ -684,8 +726,8 @@ struct srv *srv_start(const struct srv_options *opt, const struct srv_route *rou
         free(s);
         return NULL;
     }
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ITC;
+    unsigned flags =
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (opt->tls_cert_pem)
@@ -704,10 +746,9 @@ struct srv *srv_start(const struct srv_options *opt, const struct srv_route *rou
         MHD_OPTION_CONNECTION_TIMEOUT, opt->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_LIMIT,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, s, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, keep_url_escaped, s,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, s, MHD_OPTION_ARRAY,
-        opt->tls_cert_pem ? tls_opts : no_opts, MHD_OPTION_END);
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        s, MHD_OPTION_UNESCAPE_CALLBACK, keep_url_escaped, s, MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_error, s, MHD_OPTION_ARRAY, opt->tls_cert_pem ? tls_opts : no_opts, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%s (address in use, or bad TLS files?)",
                  opt->host, opt->port);

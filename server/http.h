@@ -66,7 +66,7 @@ struct srv_req {
     const char *method_name;
     size_t body_cap;
     srv_handler_fn resume_with;
-    bool expects_body, body_too_large, dispatched, responded, queued;
+    bool expects_body, body_too_large, dispatched, responded, queued, close_connection;
 };
 
 /* How to listen and which limits to apply. */

@@ -229,7 +229,8 @@ static bool open_dependencies(struct serve_state *st)
                              (unsigned)cfg->db_replica_pool_size,
                              (unsigned)cfg->db_pool_wait_ms,
                              (unsigned)cfg->db_connect_timeout,
-                             (unsigned)cfg->db_statement_timeout_ms};
+                             (unsigned)cfg->db_statement_timeout_ms,
+                             (unsigned)cfg->db_replica_max_lag_ms};
     if (!config_check_serve(cfg, err, sizeof(err)) ||
         !(st->auth = auth_new(&ac, err, sizeof(err))) ||
         !(st->db = db_open(&dbo, err, sizeof(err))) ||

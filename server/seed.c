@@ -250,7 +250,7 @@ int seed_main(const struct config *cfg, int argc, char **argv)
     }
     char err[256];
     struct db_options dbo = {cfg->database_url, "", 1, 1, 30000, (unsigned)cfg->db_connect_timeout,
-                             600000};
+                             600000, 0};
     struct db *db = db_open(&dbo, err, sizeof(err));
     if (!db) {
         fprintf(stderr, "cangrejo seed: %s\n", err);
