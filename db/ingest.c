@@ -142,30 +142,61 @@ struct attempt {
     size_t n;
     bool *first;    /* first[i]: orders[i] is the first of its key in the group */
     bool *inserted; /* inserted[i]: the gate took orders[i] */
+    size_t *by_key; /* indexes of orders sorted by (merchant_id, order_id, position) */
 };
 
-static bool same_key(const struct db_order *a, const struct db_order *b)
+static int compare_keys(int64_t ma, const char *oa, int64_t mb, const char *ob)
 {
-    return a->merchant_id == b->merchant_id && strcmp(a->order_id, b->order_id) == 0;
+    if (ma != mb)
+        return ma < mb ? -1 : 1;
+    return strcmp(oa, ob);
 }
 
-static void mark_first_occurrences(struct attempt *t)
+static struct db_order **sort_orders; /* qsort has no context argument; set under sort_lock */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int compare_positions(const void *pa, const void *pb)
 {
-    for (size_t i = 0; i < t->n; i++) {
-        t->first[i] = true;
-        for (size_t j = 0; j < i && t->first[i]; j++)
-            if (t->first[j] && same_key(t->orders[i], t->orders[j]))
-                t->first[i] = false;
+    size_t a = *(const size_t *)pa, b = *(const size_t *)pb;
+    int c = compare_keys(sort_orders[a]->merchant_id, sort_orders[a]->order_id,
+                         sort_orders[b]->merchant_id, sort_orders[b]->order_id);
+    return c ? c : (a > b) - (a < b);
+}
+
+/* Sorts the group by key so that repeats of a key (and lookups by key) cost O(log n). */
+static void index_by_key(struct attempt *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        t->by_key[i] = i;
+    pthread_mutex_lock(&sort_lock);
+    sort_orders = t->orders;
+    qsort(t->by_key, t->n, sizeof(*t->by_key), compare_positions);
+    pthread_mutex_unlock(&sort_lock);
+    for (size_t k = 0; k < t->n; k++) {
+        const struct db_order *o = t->orders[t->by_key[k]];
+        const struct db_order *prev = k ? t->orders[t->by_key[k - 1]] : NULL;
+        t->first[t->by_key[k]] =
+            !prev || compare_keys(prev->merchant_id, prev->order_id, o->merchant_id,
+                                  o->order_id) != 0;
     }
 }
 
-static size_t find_order(struct attempt *t, int64_t merchant_id, const char *order_id)
+/* The position in by_key of the first order with this key, or t->n. */
+static size_t find_key(const struct attempt *t, int64_t merchant_id, const char *order_id)
 {
-    for (size_t i = 0; i < t->n; i++)
-        if (t->first[i] && t->orders[i]->merchant_id == merchant_id &&
-            strcmp(t->orders[i]->order_id, order_id) == 0)
-            return i;
-    return t->n;
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct db_order *o = t->orders[t->by_key[mid]];
+        if (compare_keys(o->merchant_id, o->order_id, merchant_id, order_id) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == t->n)
+        return t->n;
+    const struct db_order *o = t->orders[t->by_key[lo]];
+    return compare_keys(o->merchant_id, o->order_id, merchant_id, order_id) == 0 ? lo : t->n;
 }
 
 static PGresult *run_gate(struct attempt *t)
@@ -185,10 +216,10 @@ static PGresult *run_gate(struct attempt *t)
     params_free(&p);
     if (db_ok(r, PGRES_TUPLES_OK)) {
         for (int row = 0; row < PQntuples(r); row++) {
-            size_t i = find_order(t, strtoll(PQgetvalue(r, row, 0), NULL, 10),
-                                  PQgetvalue(r, row, 1));
-            if (i < t->n)
-                t->inserted[i] = true;
+            size_t k = find_key(t, strtoll(PQgetvalue(r, row, 0), NULL, 10),
+                                PQgetvalue(r, row, 1));
+            if (k < t->n)
+                t->inserted[t->by_key[k]] = true; /* the first of the key went through */
         }
     }
     return r;
@@ -352,6 +383,14 @@ static PGresult *bump_versions(struct attempt *t)
     return r;
 }
 
+static bool hash_matches(const struct db_order *o, const char *stored_hex)
+{
+    char mine[2 * ORDER_HASH_BYTES + 1];
+    for (int k = 0; k < ORDER_HASH_BYTES; k++)
+        snprintf(mine + 2 * k, 3, "%02x", o->content_hash[k]);
+    return strcmp(mine, stored_hex) == 0;
+}
+
 /* Compares the stored hash of every order not inserted with its own. */
 static PGresult *resolve_existing(struct attempt *t)
 {
@@ -372,14 +411,13 @@ static PGresult *resolve_existing(struct attempt *t)
     for (int row = 0; row < PQntuples(r); row++) {
         int64_t mid = strtoll(PQgetvalue(r, row, 0), NULL, 10);
         const char *oid = PQgetvalue(r, row, 1), *stored = PQgetvalue(r, row, 2);
-        for (size_t i = 0; i < t->n; i++) {
-            if (t->inserted[i] || t->orders[i]->merchant_id != mid ||
-                strcmp(t->orders[i]->order_id, oid) != 0)
-                continue;
-            char mine[2 * ORDER_HASH_BYTES + 1];
-            for (int k = 0; k < ORDER_HASH_BYTES; k++)
-                snprintf(mine + 2 * k, 3, "%02x", t->orders[i]->content_hash[k]);
-            t->results[i] = strcmp(mine, stored) == 0 ? INGEST_DUPLICATE : INGEST_CONFLICT;
+        for (size_t k = find_key(t, mid, oid); k < t->n; k++) {
+            size_t i = t->by_key[k];
+            if (compare_keys(t->orders[i]->merchant_id, t->orders[i]->order_id, mid, oid) != 0)
+                break;
+            if (!t->inserted[i])
+                t->results[i] = hash_matches(t->orders[i], stored) ? INGEST_DUPLICATE
+                                                                   : INGEST_CONFLICT;
         }
     }
     return r;
@@ -461,11 +499,18 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
 static void ingest_group(struct db_conn *c, struct db_order **orders, size_t n,
                          enum db_ingest_result *results, struct db_ingest_commit *commit)
 {
-    struct attempt t = {c, orders, results, n, xcalloc(n, sizeof(bool)), xcalloc(n, sizeof(bool))};
-    mark_first_occurrences(&t);
+    struct attempt t = {c,
+                        orders,
+                        results,
+                        n,
+                        xcalloc(n, sizeof(bool)),
+                        xcalloc(n, sizeof(bool)),
+                        xcalloc(n, sizeof(size_t))};
+    index_by_key(&t);
     enum db_status st = ingest_once(&t, commit);
     free(t.first);
     free(t.inserted);
+    free(t.by_key);
     if (st == DB_OK)
         return;
     if (st == DB_UNAVAILABLE || n == 1) {

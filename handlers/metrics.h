@@ -1,0 +1,60 @@
+/* metrics.h - the pure parts of the metrics handlers (query parameters, range checks, labels,
+ * rounding, conditional requests), kept apart from HTTP and the database so that unit tests
+ * reach them. */
+#ifndef CANGREJO_HANDLERS_METRICS_H
+#define CANGREJO_HANDLERS_METRICS_H
+
+#include "db/sales.h"
+#include "handlers/validate.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct arena;
+
+enum {
+    H_METRICS_MAX_RANGE_S = 400 * 86400, /* API.md: from and to at most 400 days apart */
+    H_METRICS_DATE_RANGE_SLACK_S = 3600, /* dates: a DST change may add an hour */
+    H_METRICS_MAX_BUCKETS = 10000,
+    H_METRICS_QUARTER_HOUR_S = 900,
+    H_METRICS_LABEL_MAX = 40,
+};
+
+/* The query parameters of a sales request, validated. */
+struct h_metrics_sales_params {
+    struct db_sales_bound from, to;
+    const char *granularity;  /* "hour", "day", "week" or "month" */
+    const char *timezone;     /* NULL: the merchant's */
+    int64_t store_id;         /* 0: every store */
+    int channel, fulfillment; /* -1: no filter */
+    const char *group_by;     /* NULL, "channel", "fulfillment" or "store_id" */
+};
+
+/* One query parameter by name, or NULL; sets *repeated when it was given more than once. */
+typedef const char *(*h_metrics_query_fn)(void *ctx, const char *name, bool *repeated);
+
+/* The parameter names of the sales route, NULL-terminated. */
+extern const char *const h_metrics_sales_param_names[];
+
+/* Validates the sales parameters into *out, recording each failure under the parameter's
+ * name; the range checks that need the time zone come later (h_metrics_check_range). */
+bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                  struct h_metrics_sales_params *out);
+/* The exact checks of a range once the database resolved its bounds and buckets. */
+bool h_metrics_check_range(const struct h_metrics_sales_params *p, const struct db_sales_series *s,
+                           struct v_errors *v);
+/* num / den rounded half up (towards +infinity on a tie); 0 when den <= 0. */
+int64_t h_metrics_round_half_up(int64_t num, int64_t den);
+/* "YYYY-MM-DDTHH:MM:SS" and an offset as RFC 3339 with +hh:mm/-hh:mm (never Z). */
+void h_metrics_format_local(const char *local, int32_t utc_offset_s, char out[H_METRICS_LABEL_MAX]);
+/* True when an If-None-Match header value ("*" or a list of possibly weak tags) names etag. */
+bool h_metrics_etag_matches(const char *if_none_match, const char *etag);
+/* The cache field of a sales response: every parameter, normalized, with the zone and
+ * currency it is computed for. */
+const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_sales_params *p,
+                                        const char *timezone, const char *currency);
+/* The API name of a group key ("online", "dine_in", or the store id as text). */
+const char *h_metrics_group_key_name(struct arena *a, const char *group_by, int64_t key);
+
+#endif
