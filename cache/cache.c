@@ -244,7 +244,9 @@ bool cache_set(struct cache *c, const char *key, const char *value, size_t len, 
     return ok;
 }
 
-/* Entries are stored as "<version> <etag> <body>". */
+/* Per merchant, two kinds of keys: cgj:s:{merchant} = "<version> <lsn>" (kept a day), and
+ * one cgj:q:{merchant}:{field} = "<version> <etag> <body>" per cached response (kept ttl_s),
+ * so every entry expires on its own and a reader needs one MGET. */
 static bool parse_entry(struct arena *a, const char *raw, size_t len, int64_t current,
                         struct cache_entry *out)
 {
@@ -258,18 +260,22 @@ static bool parse_entry(struct arena *a, const char *raw, size_t len, int64_t cu
     return true;
 }
 
-/* Two writers may report their commits out of order: "v" and "lsn" only ever move forward,
- * else a response computed before the newer write could pass for current. */
-#define BUMP_SCRIPT                                                                                \
-    "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') "                               \
-    "local l = tonumber(redis.call('HGET', KEYS[1], 'lsn') or '0') "                              \
-    "if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1]) end "                \
-    "if l < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'lsn', ARGV[2]) end "              \
-    "redis.call('EXPIRE', KEYS[1], ARGV[3]) return 1"
-
-static void merchant_key(char *key, size_t size, int64_t merchant_id)
+static void state_key(char *key, size_t size, int64_t merchant_id)
 {
-    snprintf(key, size, "cgj:m:%lld", (long long)merchant_id);
+    snprintf(key, size, "cgj:s:%lld", (long long)merchant_id);
+}
+
+/* Reads "<version> <lsn>"; false when the state is missing or malformed. */
+static bool parse_state(const redisReply *r, int64_t *version, uint64_t *lsn)
+{
+    if (r->type != REDIS_REPLY_STRING)
+        return false;
+    char *end;
+    *version = strtoll(r->str, &end, 10);
+    if (*end != ' ')
+        return false;
+    *lsn = strtoull(end + 1, NULL, 10);
+    return true;
 }
 
 enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
@@ -282,25 +288,23 @@ enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const
     if (!ctx)
         return CACHE_ERROR;
     char key[40];
-    merchant_key(key, sizeof(key), merchant_id);
-    redisReply *r = field ? redisCommand(ctx, "HMGET %s v lsn q:%s", key, field)
-                          : redisCommand(ctx, "HMGET %s v lsn", key);
+    state_key(key, sizeof(key), merchant_id);
+    redisReply *r = field ? redisCommand(ctx, "MGET %s cgj:q:%lld:%s", key,
+                                         (long long)merchant_id, field)
+                          : redisCommand(ctx, "MGET %s", key);
     if (!r) {
         drop_context(c);
         return CACHE_ERROR;
     }
     enum cache_result res = CACHE_MISS;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
+    int64_t version = -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         atomic_fetch_add(&c->errors, 1);
         res = CACHE_ERROR;
-    } else {
-        redisReply *v = r->element[0], *l = r->element[1];
-        if (l->type == REDIS_REPLY_STRING)
-            *lsn = strtoull(l->str, NULL, 10);
-        redisReply *e = field && r->elements == 3 ? r->element[2] : NULL;
-        if (v->type == REDIS_REPLY_STRING && e && e->type == REDIS_REPLY_STRING &&
-            parse_entry(a, e->str, e->len, strtoll(v->str, NULL, 10), out))
-            res = CACHE_HIT;
+    } else if (parse_state(r->element[0], &version, lsn) && field && r->elements == 2 &&
+               r->element[1]->type == REDIS_REPLY_STRING &&
+               parse_entry(a, r->element[1]->str, r->element[1]->len, version, out)) {
+        res = CACHE_HIT;
     }
     freeReplyObject(r);
     if (field && res != CACHE_ERROR)
@@ -333,18 +337,31 @@ void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field,
     if (!ctx)
         return;
     char key[40], head[96];
-    merchant_key(key, sizeof(key), merchant_id);
+    state_key(key, sizeof(key), merchant_id);
     int head_len = snprintf(head, sizeof(head), "%lld %s ", (long long)version, entry->etag);
     size_t len = (size_t)head_len + entry->body_len;
     char *value = xmalloc(len);
     memcpy(value, head, (size_t)head_len);
     memcpy(value + head_len, entry->body, entry->body_len);
-    redisAppendCommand(ctx, "HSET %s q:%s %b", key, field, value, len);
-    redisAppendCommand(ctx, "HSETNX %s v %lld", key, (long long)version);
-    redisAppendCommand(ctx, "EXPIRE %s %u", key, ttl_s);
+    redisAppendCommand(ctx, "SET cgj:q:%lld:%s %b EX %u", (long long)merchant_id, field, value,
+                       len, ttl_s);
+    /* Redis lost the state (restart, eviction): start it at what this response saw. */
+    char state[32];
+    snprintf(state, sizeof(state), "%lld 0", (long long)version);
+    redisAppendCommand(ctx, "SET %s %s NX EX %u", key, state, CACHE_MERCHANT_TTL_S);
     free(value);
-    drain_replies(c, ctx, 3);
+    drain_replies(c, ctx, 2);
 }
+
+/* Two writers may report their commits out of order: version and LSN only ever move forward,
+ * else a response computed before the newer write could pass for current. */
+#define BUMP_SCRIPT                                                                                \
+    "local v, l = -1, 0 "                                                                          \
+    "local cur = redis.call('GET', KEYS[1]) "                                                      \
+    "if cur then local sp = string.find(cur, ' ') "                                                \
+    "v = tonumber(string.sub(cur, 1, sp - 1)) l = tonumber(string.sub(cur, sp + 1)) end "          \
+    "v = math.max(v, tonumber(ARGV[1])) l = math.max(l, tonumber(ARGV[2])) "                       \
+    "redis.call('SET', KEYS[1], string.format('%.0f %.0f', v, l), 'EX', ARGV[3]) return 1"
 
 void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
                          size_t n, uint64_t lsn)
@@ -356,7 +373,7 @@ void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int
         return;
     for (size_t i = 0; i < n; i++) {
         char key[40];
-        merchant_key(key, sizeof(key), merchant_ids[i]);
+        state_key(key, sizeof(key), merchant_ids[i]);
         redisAppendCommand(ctx, "EVAL %s 1 %s %lld %llu %u", BUMP_SCRIPT, key,
                            (long long)versions[i], (unsigned long long)lsn, CACHE_MERCHANT_TTL_S);
     }

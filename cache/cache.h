@@ -35,17 +35,18 @@ struct cache_entry {
     size_t body_len;
 };
 
-/* Per-merchant state shared by every server instance, in the Redis hash cgj:m:{merchant}:
- * "v" (data version, bumped by each committed write), "lsn" (primary WAL position of the
- * merchant's last write, for read-your-writes) and one field per cached response, valid only
- * while its version equals "v". One round trip (HMGET). field may be NULL to read only *lsn.
- * *lsn is 0 when unknown. Returns CACHE_HIT only for a current entry. */
+/* Per-merchant state shared by every server instance: the data version (bumped by each
+ * committed write) and the primary WAL position of the merchant's last write (for
+ * read-your-writes), plus cached responses, each valid only while its version is the
+ * merchant's current one. One round trip. field may be NULL to read only *lsn (0 when
+ * unknown). Returns CACHE_HIT only for a current entry. */
 enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
                                      struct arena *a, struct cache_entry *out, uint64_t *lsn);
-/* Stores a response computed from data at `version` (and sets "v" if Redis lost it). */
+/* Stores a response computed from data at `version`, kept ttl_s (and restores the merchant's
+ * version if Redis lost it). */
 void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field, int64_t version,
                         const struct cache_entry *entry, unsigned ttl_s);
-/* After a commit: sets "v" and "lsn" of each merchant written (one pipelined round trip). */
+/* After a commit: moves each merchant's version and LSN forward (one pipelined round trip). */
 void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
                          size_t n, uint64_t lsn);
 

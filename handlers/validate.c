@@ -104,6 +104,12 @@ static bool timezone_name_well_formed(const char *name)
     for (const char *const *n = not_zones; *n; n++)
         if (strncmp(name, *n, strlen(*n)) == 0)
             return false;
+    /* PostgreSQL reads these as its fixed-offset abbreviations, not as the zone files (which
+     * have summer time): the two would disagree half the year. */
+    static const char *const ambiguous[] = {"CET", "EET", "MET", "WET", NULL};
+    for (const char *const *n = ambiguous; *n; n++)
+        if (strcmp(name, *n) == 0)
+            return false;
     return true;
 }
 

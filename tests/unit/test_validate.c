@@ -18,6 +18,8 @@ static void test_timezones(void)
     CHECK(!v_is_timezone("posix/Europe/Madrid"));
     CHECK(!v_is_timezone("localtime"));
     CHECK(!v_is_timezone("Europe/Madrid "));
+    CHECK(!v_is_timezone("CET")); /* PostgreSQL would read it as a fixed +01:00 */
+    CHECK(!v_is_timezone("WET"));
 }
 
 static void test_currencies(void)
