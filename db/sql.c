@@ -5,6 +5,16 @@
 #define EPOCH_US(col) "(timestamptz 'epoch' + " col " * interval '1 microsecond')"
 #define UTC_TEXT(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/* The columns of an order as db/orders.c reads them (items as a JSON array). */
+#define ORDER_COLUMNS                                                                              \
+    "o.store_id, o.channel, o.fulfillment, o.status, " \
+    "(extract(epoch FROM o.placed_at) * 1000000)::bigint, o.currency, o.gross_cents, " \
+    "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents, o.items_sold, o.promo_code, " \
+    "o.customer_ref, " UTC_TEXT("o.created_at") ", " \
+    "(SELECT json_agg(json_build_array(i.sku, i.name, i.quantity, i.unit_price_cents) " \
+    "ORDER BY i.line_no) FROM order_items i WHERE i.merchant_id = o.merchant_id " \
+    "AND i.placed_at = o.placed_at AND i.order_id = o.order_id)"
+
 static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
     [DB_SCHEMA_VERSION] = {"schema_version",
                            "SELECT coalesce(max(version), 0) FROM schema_migrations", 0},
@@ -97,19 +107,60 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                         "WHERE merchant_id = ANY($1::bigint[]) "
                         "RETURNING merchant_id, data_version, " UTC_TEXT("now()"),
                         1},
-    [DB_ORDER_GET] =
-        {"order_get",
-         "SELECT o.store_id, o.channel, o.fulfillment, o.status, "
-         "(extract(epoch FROM o.placed_at) * 1000000)::bigint, o.currency, o.gross_cents, "
-         "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents, o.items_sold, o.promo_code, "
-         "o.customer_ref, " UTC_TEXT("o.created_at") ", "
-         "(SELECT json_agg(json_build_array(i.sku, i.name, i.quantity, i.unit_price_cents) "
-         "ORDER BY i.line_no) FROM order_items i WHERE i.merchant_id = o.merchant_id "
-         "AND i.placed_at = o.placed_at AND i.order_id = o.order_id) "
-         "FROM order_keys k JOIN orders o ON o.merchant_id = k.merchant_id "
-         "AND o.placed_at = k.placed_at AND o.order_id = k.order_id "
-         "WHERE k.merchant_id = $1 AND k.order_id = $2",
-         2},
+    [DB_ORDER_GET] = {"order_get",
+                      "SELECT " ORDER_COLUMNS ", o.order_id "
+                      "FROM order_keys k JOIN orders o ON o.merchant_id = k.merchant_id "
+                      "AND o.placed_at = k.placed_at AND o.order_id = k.order_id "
+                      "WHERE k.merchant_id = $1 AND k.order_id = $2",
+                      2},
+    /* Newest first; the cursor is the (placed_at, order_id) of the last order of the previous
+     * page, so each order shows exactly once however many arrive meanwhile. */
+    [DB_ORDER_LIST] = {"order_list",
+                       "SELECT " ORDER_COLUMNS ", o.order_id FROM orders o "
+                       "WHERE o.merchant_id = $1 "
+                       "AND o.placed_at >= coalesce(" EPOCH_US("$2::bigint") ", '-infinity') "
+                       "AND o.placed_at < coalesce(" EPOCH_US("$3::bigint") ", 'infinity') "
+                       "AND ($4::bigint IS NULL OR o.store_id = $4) "
+                       "AND ($5::smallint IS NULL OR o.status = $5) "
+                       "AND ($6::bigint IS NULL OR (o.placed_at, o.order_id) < "
+                       "(" EPOCH_US("$6::bigint") ", $7::text)) "
+                       "ORDER BY o.placed_at DESC, o.order_id DESC LIMIT $8",
+                       8},
+    /* Placed to cancelled, once: concurrent cancels wait on the row lock and then find it
+     * cancelled. Returns what the rollups must take back. */
+    [DB_ORDER_CANCEL] = {"order_cancel",
+                         "UPDATE orders o SET status = 1, cancelled_at = now() FROM order_keys k "
+                         "WHERE k.merchant_id = $1 AND k.order_id = $2 "
+                         "AND o.merchant_id = k.merchant_id AND o.placed_at = k.placed_at "
+                         "AND o.order_id = k.order_id AND o.status = 0 "
+                         "RETURNING (extract(epoch FROM o.placed_at) * 1000000)::bigint, "
+                         "o.store_id, o.channel, o.fulfillment, o.items_sold, o.gross_cents, "
+                         "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents",
+                         2},
+    [DB_ORDER_EXISTS] = {"order_exists",
+                         "SELECT 1 FROM order_keys WHERE merchant_id = $1 AND order_id = $2", 2},
+    /* A key is claimed by inserting it; a claim left running for 10 minutes (a crashed
+     * server) may be taken over. */
+    [DB_IDEMPOTENCY_CLAIM] = {"idempotency_claim",
+                              "INSERT INTO idempotency_keys AS i (merchant_id, key, request_hash) "
+                              "VALUES ($1, $2, decode($3, 'hex')) ON CONFLICT (merchant_id, key) "
+                              "DO UPDATE SET request_hash = excluded.request_hash, "
+                              "created_at = now() WHERE (i.state = 0 "
+                              "AND i.created_at < now() - interval '10 minutes') "
+                              "OR i.created_at < now() - interval '24 hours' RETURNING 1",
+                              3},
+    [DB_IDEMPOTENCY_GET] = {"idempotency_get",
+                            "SELECT encode(request_hash, 'hex'), state, status, response "
+                            "FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+                            2},
+    [DB_IDEMPOTENCY_FINISH] = {"idempotency_finish",
+                               "UPDATE idempotency_keys SET state = 1, status = $3, response = $4 "
+                               "WHERE merchant_id = $1 AND key = $2",
+                               4},
+    [DB_IDEMPOTENCY_RELEASE] = {"idempotency_release",
+                                "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 "
+                                "AND state = 0",
+                                2},
 };
 
 const struct db_stmt_def *db_stmt_def(enum db_stmt stmt)
