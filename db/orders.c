@@ -7,14 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *text_or_null(struct arena *a, const PGresult *r, int col)
+static const char *text_or_null(struct arena *a, const PGresult *r, int row, int col)
 {
-    return PQgetisnull(r, 0, col) ? NULL : arena_strdup(a, PQgetvalue(r, 0, col));
+    return PQgetisnull(r, row, col) ? NULL : arena_strdup(a, PQgetvalue(r, row, col));
 }
 
-static int64_t int_at(const PGresult *r, int col)
+static int64_t int_at(const PGresult *r, int row, int col)
 {
-    return strtoll(PQgetvalue(r, 0, col), NULL, 10);
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
 /* Items come as a JSON array of [sku, name, quantity, unit_price_cents]. */
@@ -36,24 +36,29 @@ static bool items_from_json(struct arena *a, const char *text, struct db_order *
     return items != NULL;
 }
 
-static void order_from_row(struct arena *a, const PGresult *r, struct db_order *o)
+/* Reads row `row` of a result with ORDER_COLUMNS (db/sql.c) and the order id after them. */
+static void order_from_row(struct arena *a, const PGresult *r, int row, int64_t merchant_id,
+                           struct db_order *o)
 {
-    o->store_id = int_at(r, 0);
-    o->channel = (enum order_channel)int_at(r, 1);
-    o->fulfillment = (enum order_fulfillment)int_at(r, 2);
-    o->status = (enum order_status)int_at(r, 3);
-    o->placed_at_us = int_at(r, 4);
-    snprintf(o->currency, sizeof(o->currency), "%s", PQgetvalue(r, 0, 5));
-    o->gross_cents = int_at(r, 6);
-    o->discount_cents = int_at(r, 7);
-    o->net_cents = int_at(r, 8);
-    o->tax_cents = int_at(r, 9);
-    o->total_cents = int_at(r, 10);
-    o->items_sold = int_at(r, 11);
-    o->promo_code = text_or_null(a, r, 12);
-    o->customer_ref = text_or_null(a, r, 13);
-    snprintf(o->created_at, sizeof(o->created_at), "%s", PQgetvalue(r, 0, 14));
-    items_from_json(a, PQgetisnull(r, 0, 15) ? "[]" : PQgetvalue(r, 0, 15), o);
+    memset(o, 0, sizeof(*o));
+    o->merchant_id = merchant_id;
+    o->store_id = int_at(r, row, 0);
+    o->channel = (enum order_channel)int_at(r, row, 1);
+    o->fulfillment = (enum order_fulfillment)int_at(r, row, 2);
+    o->status = (enum order_status)int_at(r, row, 3);
+    o->placed_at_us = int_at(r, row, 4);
+    snprintf(o->currency, sizeof(o->currency), "%s", PQgetvalue(r, row, 5));
+    o->gross_cents = int_at(r, row, 6);
+    o->discount_cents = int_at(r, row, 7);
+    o->net_cents = int_at(r, row, 8);
+    o->tax_cents = int_at(r, row, 9);
+    o->total_cents = int_at(r, row, 10);
+    o->items_sold = int_at(r, row, 11);
+    o->promo_code = text_or_null(a, r, row, 12);
+    o->customer_ref = text_or_null(a, r, row, 13);
+    snprintf(o->created_at, sizeof(o->created_at), "%s", PQgetvalue(r, row, 14));
+    items_from_json(a, PQgetisnull(r, row, 15) ? "[]" : PQgetvalue(r, row, 15), o);
+    o->order_id = arena_strdup(a, PQgetvalue(r, row, 16));
 }
 
 enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
@@ -69,12 +74,41 @@ enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
         return st;
     if (PQntuples(r) == 0)
         st = DB_NOT_FOUND;
-    else {
-        memset(out, 0, sizeof(*out));
-        out->merchant_id = merchant_id;
-        out->order_id = arena_strdup(a, order_id);
-        order_from_row(a, r, out);
-    }
+    else
+        order_from_row(a, r, 0, merchant_id, out);
     PQclear(r);
     return st;
+}
+
+static const char *int_param(struct arena *a, bool present, int64_t v)
+{
+    return present ? arena_sprintf(a, "%lld", (long long)v) : NULL;
+}
+
+enum db_status db_order_list(struct db *db, struct arena *a, const struct db_order_list_query *q,
+                             uint64_t min_lsn, struct db_order **out, size_t *n,
+                             const char **role)
+{
+    const char *params[] = {
+        int_param(a, true, q->merchant_id),
+        int_param(a, q->has_from, q->from_us),
+        int_param(a, q->has_to, q->to_us),
+        int_param(a, q->store_id > 0, q->store_id),
+        int_param(a, q->status >= 0, q->status),
+        int_param(a, q->has_cursor, q->cursor_placed_us),
+        q->has_cursor ? q->cursor_order_id : NULL,
+        int_param(a, true, q->limit),
+    };
+    enum db_status st;
+    PGresult *r = db_read(db, min_lsn, DB_ORDER_LIST, params, role, &st);
+    *n = 0;
+    if (!r)
+        return st;
+    int rows = PQntuples(r);
+    *out = arena_zalloc(a, (size_t)(rows ? rows : 1) * sizeof(**out));
+    for (int row = 0; row < rows; row++)
+        order_from_row(a, r, row, q->merchant_id, &(*out)[row]);
+    *n = (size_t)rows;
+    PQclear(r);
+    return DB_OK;
 }

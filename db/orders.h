@@ -55,4 +55,28 @@ enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,
                             const char *order_id, uint64_t min_lsn, struct db_order *out,
                             const char **role);
 
+/* Cancels an order on the primary, once: it leaves every sales figure and counts in
+ * cancelled_orders, in the same transaction. *changed is false when it was already cancelled
+ * (a no-op); DB_NOT_FOUND for an unknown order. On a change, *version is the merchant's new
+ * data version and *lsn the primary's WAL position after the commit. */
+enum db_status db_order_cancel(struct db *db, int64_t merchant_id, const char *order_id,
+                               bool *changed, int64_t *version, uint64_t *lsn);
+
+/* Filters and position of an order list, newest first. */
+struct db_order_list_query {
+    int64_t merchant_id;
+    bool has_from, has_to, has_cursor;
+    int64_t from_us, to_us;   /* placed_at in [from, to) */
+    int64_t store_id;         /* 0: any */
+    int status;               /* -1: any */
+    int64_t cursor_placed_us; /* the last order of the previous page */
+    const char *cursor_order_id;
+    unsigned limit;
+};
+
+/* Reads up to q->limit orders into *out (arena-owned); *n is how many. */
+enum db_status db_order_list(struct db *db, struct arena *a, const struct db_order_list_query *q,
+                             uint64_t min_lsn, struct db_order **out, size_t *n,
+                             const char **role);
+
 #endif

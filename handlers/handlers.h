@@ -40,6 +40,10 @@ void h_merchants_get(struct srv_req *req);
 void h_orders_post(struct srv_req *req);
 /* GET /v1/merchants/{merchant_id}/orders/{order_id} */
 void h_orders_get(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id}/orders */
+void h_orders_list(struct srv_req *req);
+/* POST /v1/merchants/{merchant_id}/orders/{order_id}/cancel */
+void h_orders_cancel(struct srv_req *req);
 
 /* GET /v1/merchants/{merchant_id}/metrics/sales */
 void h_metrics_sales(struct srv_req *req);

@@ -9,7 +9,12 @@
 #include "handlers/order_json.h"
 #include "server/arena.h"
 
+#include <ctype.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* A POST waiting for the writer; lives in the request arena. */
@@ -144,4 +149,166 @@ void h_orders_get(struct srv_req *req)
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
     else
         reply_order(req, 200, &o);
+}
+
+/* A cancellation is one short transaction on the primary. It takes no body; an empty JSON
+ * object is tolerated. */
+void h_orders_cancel(struct srv_req *req)
+{
+    struct h_app *app = req->app;
+    if (req->body_len) {
+        json_t *body = srv_body_json_object(req);
+        if (!body)
+            return;
+        struct v_errors v = {.arena = req->arena};
+        static const char *const none[] = {NULL};
+        v_no_unknown_fields(&v, body, "", none);
+        if (!v_ok(&v)) {
+            srv_reply_validation(req, v.list);
+            return;
+        }
+    }
+    const char *order_id = srv_param(req, "order_id");
+    bool changed = false;
+    int64_t version = 0;
+    uint64_t lsn = 0;
+    req->log_db = "primary";
+    enum db_status st =
+        db_order_cancel(app->db, req->merchant_id, order_id, &changed, &version, &lsn);
+    if (st == DB_NOT_FOUND) {
+        srv_reply_problem(req, PROBLEM_NOT_FOUND, "no such order");
+        return;
+    }
+    if (st != DB_OK) {
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
+        return;
+    }
+    if (changed)
+        cache_merchant_bump(app->cache, &req->merchant_id, &version, 1, lsn);
+    struct db_order o;
+    const char *role = NULL;
+    st = db_order_get(app->db, req->arena, req->merchant_id, order_id, merchant_min_lsn(req), &o,
+                      &role);
+    if (st != DB_OK) {
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
+        return;
+    }
+    reply_order(req, 200, &o);
+}
+
+enum { LIST_DEFAULT_LIMIT = 50, LIST_MAX_LIMIT = 500 };
+
+/* The cursor is the hex of "<placed_at µs>:<order_id>" of the last order of a page. */
+static const char *encode_cursor(struct arena *a, const struct db_order *last)
+{
+    const char *raw = arena_sprintf(a, "%lld:%s", (long long)last->placed_at_us, last->order_id);
+    size_t n = strlen(raw);
+    char *hex = arena_alloc(a, 2 * n + 1);
+    for (size_t i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)raw[i]);
+    return hex;
+}
+
+static bool decode_cursor(struct arena *a, const char *hex, struct db_order_list_query *q)
+{
+    size_t n = strlen(hex);
+    if (n == 0 || n % 2 || n > 256)
+        return false;
+    char *raw = arena_alloc(a, n / 2 + 1);
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !isxdigit((unsigned char)hex[2 * i]) ||
+            !isxdigit((unsigned char)hex[2 * i + 1]) || v == 0)
+            return false;
+        raw[i] = (char)v;
+    }
+    raw[n / 2] = '\0';
+    char *colon = strchr(raw, ':'), *end;
+    if (!colon)
+        return false;
+    *colon = '\0';
+    q->cursor_placed_us = strtoll(raw, &end, 10);
+    q->cursor_order_id = colon + 1;
+    q->has_cursor = *end == '\0' && end != raw && *q->cursor_order_id;
+    return q->has_cursor;
+}
+
+static void list_bound(struct v_errors *v, struct srv_req *req, const char *name, bool *has,
+                       int64_t *us)
+{
+    const char *s = srv_query(req, name, NULL);
+    *has = s != NULL;
+    if (s && !v_parse_timestamp(s, us))
+        v_fail(v, name, "must be an RFC 3339 timestamp with an offset");
+}
+
+static long list_int(struct v_errors *v, struct srv_req *req, const char *name, long def,
+                     long min, long max)
+{
+    const char *s = srv_query(req, name, NULL);
+    if (!s)
+        return def;
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (!*s || *end || n < min || n > max) {
+        v_fail(v, name, arena_sprintf(req->arena, "must be an integer from %ld to %ld", min, max));
+        return def;
+    }
+    return n;
+}
+
+/* Reads the list's query parameters; false (and a 400 sent) when one is wrong. */
+static bool parse_list_query(struct srv_req *req, struct db_order_list_query *q)
+{
+    static const char *const known[] = {"from", "to", "store_id", "status", "limit", "cursor",
+                                        NULL};
+    struct v_errors v = {.arena = req->arena};
+    memset(q, 0, sizeof(*q));
+    q->merchant_id = req->merchant_id;
+    const char *unknown = srv_unknown_query(req, known);
+    if (unknown)
+        v_fail(&v, unknown, "unknown query parameter");
+    list_bound(&v, req, "from", &q->has_from, &q->from_us);
+    list_bound(&v, req, "to", &q->has_to, &q->to_us);
+    q->store_id = list_int(&v, req, "store_id", 0, 1, LONG_MAX);
+    q->limit = (unsigned)list_int(&v, req, "limit", LIST_DEFAULT_LIMIT, 1, LIST_MAX_LIMIT);
+    const char *status = srv_query(req, "status", NULL);
+    q->status = !status ? -1 : strcmp(status, "placed") == 0 ? ORDER_PLACED
+                             : strcmp(status, "cancelled") == 0 ? ORDER_CANCELLED
+                                                                : -2;
+    if (q->status == -2)
+        v_fail(&v, "status", "must be placed or cancelled");
+    const char *cursor = srv_query(req, "cursor", NULL);
+    if (cursor && !decode_cursor(req->arena, cursor, q))
+        v_fail(&v, "cursor", "is not a cursor this server issued");
+    if (v_ok(&v))
+        return true;
+    srv_reply_validation(req, v.list);
+    return false;
+}
+
+void h_orders_list(struct srv_req *req)
+{
+    struct h_app *app = req->app;
+    struct db_order_list_query q;
+    if (!parse_list_query(req, &q))
+        return;
+    unsigned page = q.limit;
+    q.limit = page + 1; /* one more tells whether there is a next page */
+    struct db_order *orders = NULL;
+    size_t n = 0;
+    const char *role = NULL;
+    enum db_status st =
+        db_order_list(app->db, req->arena, &q, merchant_min_lsn(req), &orders, &n, &role);
+    req->log_db = role;
+    if (st != DB_OK) {
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
+        return;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < n && i < page; i++)
+        json_array_append_new(list, order_to_json(&orders[i]));
+    json_t *next = n > page ? json_string(encode_cursor(req->arena, &orders[page - 1]))
+                            : json_null();
+    srv_reply_json(req, 200, json_pack("{s:o, s:o}", "orders", list, "next_cursor", next));
 }

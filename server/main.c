@@ -37,8 +37,12 @@ static const struct srv_route routes[] = {
      AUTH_SCOPE_MERCHANTS_ADMIN | AUTH_SCOPE_METRICS_READ, SRV_BODY_NONE, 0, h_merchants_get},
     {SRV_POST, "/v1/merchants/{merchant_id}/orders", true, AUTH_SCOPE_ORDERS_WRITE, SRV_BODY_JSON,
      ORDER_BODY_MAX, h_orders_post},
+    {SRV_GET, "/v1/merchants/{merchant_id}/orders", true, AUTH_SCOPE_ORDERS_READ, SRV_BODY_NONE,
+     0, h_orders_list},
     {SRV_GET, "/v1/merchants/{merchant_id}/orders/{order_id}", true, AUTH_SCOPE_ORDERS_READ,
      SRV_BODY_NONE, 0, h_orders_get},
+    {SRV_POST, "/v1/merchants/{merchant_id}/orders/{order_id}/cancel", true,
+     AUTH_SCOPE_ORDERS_WRITE, SRV_BODY_JSON, SMALL_BODY_MAX, h_orders_cancel},
     {SRV_GET, "/v1/merchants/{merchant_id}/metrics/sales", true, AUTH_SCOPE_METRICS_READ,
      SRV_BODY_NONE, 0, h_metrics_sales},
 };
