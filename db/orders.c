@@ -17,6 +17,27 @@ static int64_t int_at(const PGresult *r, int row, int col)
     return strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
+static const char *copy_text(struct arena *a, const char *s)
+{
+    return s ? arena_strdup(a, s) : NULL;
+}
+
+struct db_order *db_order_copy(struct arena *a, const struct db_order *o)
+{
+    struct db_order *c = arena_alloc(a, sizeof(*c));
+    *c = *o;
+    c->order_id = copy_text(a, o->order_id);
+    c->promo_code = copy_text(a, o->promo_code);
+    c->customer_ref = copy_text(a, o->customer_ref);
+    c->items = arena_alloc(a, (o->n_items ? o->n_items : 1) * sizeof(*c->items));
+    for (size_t i = 0; i < o->n_items; i++) {
+        c->items[i] = o->items[i];
+        c->items[i].sku = copy_text(a, o->items[i].sku);
+        c->items[i].name = copy_text(a, o->items[i].name);
+    }
+    return c;
+}
+
 /* Items come as a JSON array of [sku, name, quantity, unit_price_cents]. */
 static bool items_from_json(struct arena *a, const char *text, struct db_order *o)
 {

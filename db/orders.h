@@ -49,6 +49,8 @@ enum db_ingest_result {
     INGEST_UNAVAILABLE, /* the primary could not be reached or the commit is unknown */
 };
 
+/* A copy of o whose strings all live in the arena (o may point into a parsed request). */
+struct db_order *db_order_copy(struct arena *a, const struct db_order *o);
 /* Reads one order with its items; DB_NOT_FOUND when unknown. Served by a replica that has
  * replayed min_lsn, else the primary; *role tells which. */
 enum db_status db_order_get(struct db *db, struct arena *a, int64_t merchant_id,

@@ -9,12 +9,14 @@
 struct db;
 struct cache;
 struct db_writer;
+struct jobs;
 
 /* What every handler may use; built by main and reached through req->app. */
 struct h_app {
     struct db *db;
     struct cache *cache;
     struct db_writer *writer;
+    struct jobs *jobs; /* threads for batch uploads */
 };
 
 /* The OpenAPI document as JSON, generated at build time from openapi/openapi.yaml. */
@@ -44,6 +46,11 @@ void h_orders_get(struct srv_req *req);
 void h_orders_list(struct srv_req *req);
 /* POST /v1/merchants/{merchant_id}/orders/{order_id}/cancel */
 void h_orders_cancel(struct srv_req *req);
+
+/* POST /v1/merchants/{merchant_id}/order-batches: the body as it streams in */
+bool h_batches_body(struct srv_req *req, const char *data, size_t size);
+/* POST /v1/merchants/{merchant_id}/order-batches: once the body is complete */
+void h_batches_post(struct srv_req *req);
 
 /* GET /v1/merchants/{merchant_id}/metrics/sales */
 void h_metrics_sales(struct srv_req *req);

@@ -528,8 +528,22 @@ static void begin_request(struct srv_req *req, const char *method)
         return;
 }
 
+/* A streamed body: counted against the limit and handed on, never kept. */
+static void stream_body_chunk(struct srv_req *req, const char *data, size_t size)
+{
+    req->streamed += size;
+    if (req->streamed > req->route->max_body)
+        req->body_too_large = true;
+    else if (!req->responded && !req->stream_stopped)
+        req->stream_stopped = !req->route->on_body(req, data, size);
+}
+
 static void take_body_chunk(struct srv_req *req, const char *data, size_t size)
 {
+    if (req->route->on_body) {
+        stream_body_chunk(req, data, size);
+        return;
+    }
     if (req->body_too_large)
         return;
     if (req->body_len + size > req->route->max_body) {
@@ -565,6 +579,8 @@ static void dispatch(struct srv_req *req)
 {
     req->dispatched = true;
     if (req->body_too_large) {
+        req->responded = false; /* the body limit overrides whatever a stream decided */
+        req->n_headers = 0;
         srv_reply_problem(req, PROBLEM_PAYLOAD_TOO_LARGE,
                           arena_sprintf(req->arena, "the body limit of this route is %zu bytes",
                                         req->route->max_body));
@@ -612,7 +628,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *upload_data_size = 0;
         return MHD_YES;
     }
-    if (!req->dispatched && !req->responded)
+    if (!req->dispatched && (!req->responded || req->body_too_large))
         dispatch(req);
     else if (req->resume_with)
         run_handler(req, req->resume_with); /* resumed after srv_suspend */

@@ -65,6 +65,8 @@ struct srv_req {
     struct query_args *query_args; /* parsed on first srv_query */
     const char *method_name;
     size_t body_cap;
+    size_t streamed; /* bytes of a streamed body so far (routes with on_body) */
+    bool stream_stopped;
     srv_handler_fn resume_with;
     bool expects_body, body_too_large, dispatched, responded, queued, close_connection;
 };

@@ -8,6 +8,7 @@
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/http.h"
+#include "server/jobs.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/seed.h"
@@ -23,7 +24,15 @@
 
 #define CANGREJO_VERSION "0.1.0"
 
-enum { KIB = 1024, ORDER_BODY_MAX = 256 * KIB, SMALL_BODY_MAX = 64 * KIB, PEM_MAX = 1024 * KIB };
+enum {
+    KIB = 1024,
+    ORDER_BODY_MAX = 256 * KIB,
+    BATCH_BODY_MAX = 32 * KIB * KIB,
+    SMALL_BODY_MAX = 64 * KIB,
+    PEM_MAX = 1024 * KIB,
+    BATCH_THREADS = 2,
+    BATCH_QUEUE = 64,
+};
 
 /* Every route of the API; the server checks token, scope and tenant before the handler. */
 static const struct srv_route routes[] = {
@@ -39,6 +48,8 @@ static const struct srv_route routes[] = {
      ORDER_BODY_MAX, h_orders_post},
     {SRV_GET, "/v1/merchants/{merchant_id}/orders", true, AUTH_SCOPE_ORDERS_READ, SRV_BODY_NONE,
      0, h_orders_list},
+    {SRV_POST, "/v1/merchants/{merchant_id}/order-batches", true, AUTH_SCOPE_ORDERS_WRITE,
+     SRV_BODY_JSON | SRV_BODY_NDJSON, BATCH_BODY_MAX, h_batches_post, h_batches_body},
     {SRV_GET, "/v1/merchants/{merchant_id}/orders/{order_id}", true, AUTH_SCOPE_ORDERS_READ,
      SRV_BODY_NONE, 0, h_orders_get},
     {SRV_POST, "/v1/merchants/{merchant_id}/orders/{order_id}/cancel", true,
@@ -207,6 +218,7 @@ struct serve_state {
     struct db *db;
     struct cache *cache;
     struct db_writer *writer;
+    struct jobs *jobs;
     struct h_app app;
     char *tls_cert, *tls_key;
     struct srv *srv;
@@ -252,6 +264,8 @@ static bool open_dependencies(struct serve_state *st)
     st->app.db = st->db;
     st->app.cache = st->cache;
     st->app.writer = st->writer;
+    st->jobs = jobs_start(BATCH_THREADS, BATCH_QUEUE);
+    st->app.jobs = st->jobs;
     return true;
 }
 
@@ -312,6 +326,8 @@ static void drain_and_stop(struct serve_state *st)
         log_warn("grace period over with %u request(s) in flight", srv_in_flight(st->srv));
     srv_stop(st->srv);
     st->srv = NULL;
+    jobs_stop(st->jobs); /* finishes the batches still being stored */
+    st->jobs = NULL;
     db_writer_stop(st->writer); /* commits whatever is still queued */
     st->writer = NULL;
     log_info("stopped");
@@ -320,6 +336,7 @@ static void drain_and_stop(struct serve_state *st)
 static void close_all(struct serve_state *st)
 {
     srv_stop(st->srv);
+    jobs_stop(st->jobs);
     db_writer_stop(st->writer);
     metrics_shutdown();
     cache_free(st->cache);

@@ -36,6 +36,9 @@ struct srv_route {
     unsigned bodies;        /* enum srv_body bits; SRV_BODY_NONE refuses a body */
     size_t max_body;        /* body limit in bytes when bodies != SRV_BODY_NONE */
     srv_handler_fn handler;
+    /* When set, the body is not kept: each piece goes here as it arrives (return false to
+     * stop; a reply set meanwhile is sent once the rest has been read), then handler runs. */
+    bool (*on_body)(struct srv_req *req, const char *data, size_t size);
 };
 
 enum { ROUTER_MAX_PARAMS = 4, ROUTER_MAX_SEGMENTS = 12 };

@@ -1,0 +1,78 @@
+#include "idempotency.h"
+
+#include "server/arena.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static enum db_status run(struct db *db, enum db_stmt stmt, const char *const *params,
+                          ExecStatusType want, PGresult **out)
+{
+    struct db_conn *c = db_acquire_primary(db);
+    if (!c)
+        return DB_UNAVAILABLE;
+    PGresult *r = db_exec(c, stmt, params);
+    enum db_status st = db_ok(r, want) ? DB_OK : db_failure(c, r);
+    db_release(c);
+    if (st == DB_OK && out)
+        *out = r;
+    else
+        PQclear(r);
+    return st;
+}
+
+enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merchant_id,
+                                    const char *key, const char *hash_hex,
+                                    enum db_idempotency *outcome, unsigned *status,
+                                    const char **body)
+{
+    char mid[24];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    const char *claim[] = {mid, key, hash_hex};
+    PGresult *r = NULL;
+    enum db_status st = run(db, DB_IDEMPOTENCY_CLAIM, claim, PGRES_TUPLES_OK, &r);
+    if (st != DB_OK)
+        return st;
+    bool claimed = PQntuples(r) == 1;
+    PQclear(r);
+    if (claimed) {
+        *outcome = IDEMPOTENCY_CLAIMED;
+        return DB_OK;
+    }
+    const char *get[] = {mid, key};
+    st = run(db, DB_IDEMPOTENCY_GET, get, PGRES_TUPLES_OK, &r);
+    if (st != DB_OK)
+        return st;
+    if (PQntuples(r) == 0) /* released meanwhile: treat as still running, the client retries */
+        *outcome = IDEMPOTENCY_RUNNING;
+    else if (strcmp(PQgetvalue(r, 0, 0), hash_hex) != 0)
+        *outcome = IDEMPOTENCY_MISMATCH;
+    else if (strcmp(PQgetvalue(r, 0, 1), "1") != 0)
+        *outcome = IDEMPOTENCY_RUNNING;
+    else {
+        *outcome = IDEMPOTENCY_REPLAY;
+        *status = (unsigned)atoi(PQgetvalue(r, 0, 2));
+        *body = arena_strdup(a, PQgetvalue(r, 0, 3));
+    }
+    PQclear(r);
+    return DB_OK;
+}
+
+enum db_status db_idempotency_finish(struct db *db, int64_t merchant_id, const char *key,
+                                     unsigned status, const char *body)
+{
+    char mid[24], st[8];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    snprintf(st, sizeof(st), "%u", status);
+    const char *params[] = {mid, key, st, body};
+    return run(db, DB_IDEMPOTENCY_FINISH, params, PGRES_COMMAND_OK, NULL);
+}
+
+void db_idempotency_release(struct db *db, int64_t merchant_id, const char *key)
+{
+    char mid[24];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    const char *params[] = {mid, key};
+    run(db, DB_IDEMPOTENCY_RELEASE, params, PGRES_COMMAND_OK, NULL);
+}

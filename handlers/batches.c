@@ -1,0 +1,358 @@
+/* POS batch uploads: orders parsed and validated as the body streams in, stored in groups on a
+ * job thread (the HTTP thread is released meanwhile), with an optional Idempotency-Key. */
+#include "handlers/handlers.h"
+
+#include "cache/cache.h"
+#include "db/idempotency.h"
+#include "db/ingest.h"
+#include "db/merchants.h"
+#include "handlers/batch_stream.h"
+#include "handlers/order_json.h"
+#include "server/alloc.h"
+#include "server/arena.h"
+#include "server/jobs.h"
+#include "server/json.h"
+#include "server/log.h"
+
+#include <ctype.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum {
+    BATCH_MAX_ORDERS = 10000,
+    BATCH_ORDER_MAX_BYTES = 256 * 1024,
+    BATCH_GROUP = 1000, /* orders per transaction */
+    IDEMPOTENCY_KEY_MAX = 255,
+};
+
+/* One rejected order: where it was and why. */
+struct rejection {
+    size_t index;
+    json_t *entry;
+};
+
+/* A batch from its first byte to its answer; lives in the request arena. */
+struct batch {
+    struct srv_req *req;
+    struct db_merchant merchant;
+    int64_t now_us;
+    struct batch_stream stream;
+    EVP_MD_CTX *sha;
+    size_t count; /* orders seen */
+    struct db_order **orders;
+    size_t *indexes; /* batch index of orders[i] */
+    size_t n_orders, cap_orders;
+    struct rejection *rejected;
+    size_t n_rejected, cap_rejected;
+    bool too_many;
+    const char *key;      /* Idempotency-Key, or NULL */
+    char hash_hex[65];    /* SHA-256 of the body */
+    size_t accepted, duplicates;
+    bool unavailable;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void free_batch(void *p)
+{
+    struct batch *b = p;
+    batch_stream_free(&b->stream);
+    EVP_MD_CTX_free(b->sha);
+    for (size_t i = 0; i < b->n_rejected; i++)
+        json_decref(b->rejected[i].entry);
+    free(b->rejected);
+    free(b->orders);
+    free(b->indexes);
+}
+
+static void reject(struct batch *b, size_t index, const char *order_id, json_t *errors)
+{
+    if (b->n_rejected == b->cap_rejected) {
+        b->cap_rejected = b->cap_rejected ? 2 * b->cap_rejected : 64;
+        b->rejected = xrealloc(b->rejected, b->cap_rejected * sizeof(*b->rejected));
+    }
+    json_t *entry = json_pack("{s:I, s:o, s:o}", "index", (json_int_t)index, "order_id",
+                              order_id ? json_string(order_id) : json_null(), "errors", errors);
+    b->rejected[b->n_rejected++] = (struct rejection){index, entry};
+}
+
+static void reject_with(struct batch *b, size_t index, const char *order_id, const char *field,
+                        const char *message)
+{
+    json_t *errors = NULL;
+    problem_add_field_error(&errors, field, message);
+    reject(b, index, order_id, errors);
+}
+
+static void keep_order(struct batch *b, size_t index, const struct db_order *o)
+{
+    if (b->n_orders == b->cap_orders) {
+        b->cap_orders = b->cap_orders ? 2 * b->cap_orders : 256;
+        b->orders = xrealloc(b->orders, b->cap_orders * sizeof(*b->orders));
+        b->indexes = xrealloc(b->indexes, b->cap_orders * sizeof(*b->indexes));
+    }
+    b->orders[b->n_orders] = db_order_copy(b->req->arena, o);
+    b->indexes[b->n_orders++] = index;
+}
+
+/* One order's bytes: validated now; only the compact copy of a valid order is kept. */
+static bool take_order(void *ud, const char *data, size_t len, bool too_large)
+{
+    struct batch *b = ud;
+    size_t index = b->count++;
+    if (b->count > BATCH_MAX_ORDERS) {
+        b->too_many = true;
+        return false;
+    }
+    if (too_large) {
+        reject_with(b, index, NULL, "", "an order must be at most 256 KiB");
+        return true;
+    }
+    json_error_t err;
+    json_t *obj = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    if (!json_is_object(obj)) {
+        reject_with(b, index, NULL, "", obj ? "must be a JSON object" : "is not valid JSON");
+        json_decref(obj);
+        return true;
+    }
+    struct arena *scratch = arena_new();
+    struct v_errors v = {.arena = scratch};
+    struct db_order o;
+    if (order_from_json(&v, obj, "", b->req->merchant_id, b->merchant.currency, b->now_us, &o))
+        keep_order(b, index, &o);
+    else
+        reject(b, index, json_string_value(json_object_get(obj, "order_id")) && o.order_id
+                             ? o.order_id
+                             : NULL,
+               json_incref(v.list));
+    json_decref(v.list);
+    arena_free(scratch);
+    json_decref(obj);
+    return true;
+}
+
+static bool valid_idempotency_key(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n > IDEMPOTENCY_KEY_MAX)
+        return false;
+    for (; *k; k++)
+        if (!isprint((unsigned char)*k))
+            return false;
+    return true;
+}
+
+/* First bytes: the merchant, the format and the key are settled before anything is parsed. */
+static struct batch *start_batch(struct srv_req *req)
+{
+    struct h_app *app = req->app;
+    struct batch *b = arena_zalloc(req->arena, sizeof(*b));
+    b->req = req;
+    b->now_us = now_us();
+    b->sha = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL);
+    arena_defer(req->arena, free_batch, b);
+    req->handler_state = b;
+    const char *ct = srv_header(req, "Content-Type");
+    enum batch_format format = ct && strncasecmp(ct, "application/x-ndjson", 20) == 0
+                                   ? BATCH_NDJSON
+                                   : BATCH_JSON;
+    batch_stream_init(&b->stream, format, BATCH_ORDER_MAX_BYTES, take_order, b);
+    b->key = srv_header(req, "Idempotency-Key");
+    if (b->key && !valid_idempotency_key(b->key)) {
+        srv_reply_problem(req, PROBLEM_BAD_REQUEST,
+                          "Idempotency-Key must be 1 to 255 printable characters");
+        return NULL;
+    }
+    enum db_status st = db_merchant_lookup(app->db, req->arena, req->merchant_id, &b->merchant);
+    if (st != DB_OK) {
+        srv_reply_problem(req, st == DB_NOT_FOUND ? PROBLEM_NOT_FOUND : PROBLEM_UNAVAILABLE,
+                          st == DB_NOT_FOUND ? "no such merchant" : "the database is unavailable");
+        return NULL;
+    }
+    return b;
+}
+
+bool h_batches_body(struct srv_req *req, const char *data, size_t size)
+{
+    struct batch *b = req->handler_state;
+    if (!b && !(b = start_batch(req)))
+        return false;
+    EVP_DigestUpdate(b->sha, data, size);
+    if (batch_stream_feed(&b->stream, data, size) || b->too_many)
+        return !b->too_many;
+    srv_reply_problem(req, PROBLEM_MALFORMED_JSON, b->stream.error);
+    return false;
+}
+
+/* ---- storing, on a job thread ---- */
+
+static void count_result(struct batch *b, size_t i, enum db_ingest_result r)
+{
+    const struct db_order *o = b->orders[i];
+    switch (r) {
+    case INGEST_INSERTED:
+        b->accepted++;
+        break;
+    case INGEST_DUPLICATE:
+        b->duplicates++;
+        break;
+    case INGEST_CONFLICT:
+        reject_with(b, b->indexes[i], o->order_id, "order_id",
+                    "an order with this order_id and different content exists");
+        break;
+    case INGEST_FAILED:
+        reject_with(b, b->indexes[i], o->order_id, "", "the order could not be stored");
+        break;
+    case INGEST_UNAVAILABLE:
+        b->unavailable = true;
+        break;
+    }
+}
+
+static void store_group(struct batch *b, struct db_conn *c, size_t first, size_t n,
+                        enum db_ingest_result *results)
+{
+    struct h_app *app = b->req->app;
+    struct db_ingest_commit commit = {0};
+    db_ingest(app->db, c, b->orders + first, n, results, &commit);
+    cache_merchant_bump(app->cache, commit.merchant_ids, commit.versions, commit.n_merchants,
+                        commit.lsn);
+    db_ingest_commit_free(&commit);
+    for (size_t i = 0; i < n; i++)
+        count_result(b, first + i, results[i]);
+}
+
+static void store_batch(void *arg)
+{
+    struct batch *b = arg;
+    struct h_app *app = b->req->app;
+    enum db_ingest_result *results = xmalloc(BATCH_GROUP * sizeof(*results));
+    struct db_conn *c = b->n_orders ? db_acquire_primary(app->db) : NULL;
+    b->unavailable = b->n_orders && !c;
+    for (size_t first = 0; c && first < b->n_orders && !b->unavailable; first += BATCH_GROUP) {
+        size_t n = b->n_orders - first < BATCH_GROUP ? b->n_orders - first : BATCH_GROUP;
+        store_group(b, c, first, n, results);
+    }
+    db_release(c);
+    free(results);
+    srv_resume(b->req);
+}
+
+/* ---- the answer ---- */
+
+static int compare_rejections(const void *pa, const void *pb)
+{
+    const struct rejection *a = pa, *b = pb;
+    return (a->index > b->index) - (a->index < b->index);
+}
+
+static json_t *batch_result(struct batch *b)
+{
+    qsort(b->rejected, b->n_rejected, sizeof(*b->rejected), compare_rejections);
+    json_t *rejected = json_array();
+    for (size_t i = 0; i < b->n_rejected; i++)
+        json_array_append(rejected, b->rejected[i].entry);
+    return json_pack("{s:I, s:I, s:o}", "accepted", (json_int_t)b->accepted, "duplicates",
+                     (json_int_t)b->duplicates, "rejected", rejected);
+}
+
+/* Continuation once the job thread is done. */
+static void reply_stored(struct srv_req *req)
+{
+    struct h_app *app = req->app;
+    struct batch *b = req->handler_state;
+    req->log_db = "primary";
+    if (b->unavailable) {
+        if (b->key)
+            db_idempotency_release(app->db, req->merchant_id, b->key);
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE,
+                          "the primary database is unavailable; orders stored so far are kept "
+                          "and a retry counts them as duplicates");
+        return;
+    }
+    json_t *result = batch_result(b);
+    size_t len;
+    const char *text = json_to_arena(req->arena, result, &len);
+    json_decref(result);
+    if (b->key)
+        db_idempotency_finish(app->db, req->merchant_id, b->key, 200, text);
+    srv_reply_bytes(req, 200, "application/json; charset=utf-8", text, len);
+}
+
+/* With an Idempotency-Key: false when the answer is already decided (replay or refusal). */
+static bool claim_key(struct srv_req *req, struct batch *b)
+{
+    struct h_app *app = req->app;
+    enum db_idempotency outcome;
+    unsigned status = 0;
+    const char *body = NULL;
+    enum db_status st = db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key,
+                                             b->hash_hex, &outcome, &status, &body);
+    if (st != DB_OK) {
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
+        return false;
+    }
+    switch (outcome) {
+    case IDEMPOTENCY_CLAIMED:
+        return true;
+    case IDEMPOTENCY_REPLAY:
+        srv_add_header(req, "Idempotent-Replayed", "true");
+        srv_reply_bytes(req, status, "application/json; charset=utf-8", body, strlen(body));
+        return false;
+    case IDEMPOTENCY_RUNNING:
+        srv_reply_problem(req, PROBLEM_IN_PROGRESS,
+                          "the first request with this Idempotency-Key is still running");
+        return false;
+    case IDEMPOTENCY_MISMATCH:
+        srv_reply_problem(req, PROBLEM_IDEMPOTENCY_MISMATCH,
+                          "this Idempotency-Key was used with a different request body");
+        return false;
+    }
+    return false;
+}
+
+static void finish_hash(struct batch *b)
+{
+    unsigned char digest[32];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(b->sha, digest, &n);
+    for (unsigned i = 0; i < n; i++)
+        snprintf(b->hash_hex + 2 * i, 3, "%02x", digest[i]);
+}
+
+void h_batches_post(struct srv_req *req)
+{
+    struct h_app *app = req->app;
+    struct batch *b = req->handler_state;
+    if (!b) {
+        srv_reply_problem(req, PROBLEM_MALFORMED_JSON, "a batch body is required");
+        return;
+    }
+    if (b->too_many) {
+        srv_reply_problem(req, PROBLEM_PAYLOAD_TOO_LARGE,
+                          "a batch holds at most 10000 orders; nothing was stored");
+        return;
+    }
+    if (!batch_stream_finish(&b->stream)) {
+        srv_reply_problem(req, PROBLEM_MALFORMED_JSON, b->stream.error);
+        return;
+    }
+    finish_hash(b);
+    if (b->key && !claim_key(req, b))
+        return;
+    srv_suspend(req, reply_stored);
+    if (!jobs_submit(app->jobs, store_batch, b)) {
+        if (b->key)
+            db_idempotency_release(app->db, req->merchant_id, b->key);
+        b->unavailable = true;
+        srv_resume(req);
+    }
+}
