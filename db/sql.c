@@ -161,6 +161,47 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                 "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 "
                                 "AND state = 0",
                                 2},
+    /* The order an event is for, locked so that its events apply one at a time. */
+    [DB_DELIVERY_ORDER] = {"delivery_order",
+                           "SELECT o.fulfillment, (extract(epoch FROM o.placed_at) * 1000000)::bigint "
+                           "FROM order_keys k JOIN orders o ON o.merchant_id = k.merchant_id "
+                           "AND o.placed_at = k.placed_at AND o.order_id = k.order_id "
+                           "WHERE k.merchant_id = $1 AND k.order_id = $2 FOR UPDATE OF k",
+                           2},
+    [DB_DELIVERY_EVENT_INSERT] = {"delivery_event_insert",
+                                  "INSERT INTO delivery_events (merchant_id, provider, event_id, "
+                                  "order_id, status, occurred_at, eta, courier_ref) "
+                                  "VALUES ($1, $2, $3, $4, $5, " EPOCH_US("$6::bigint") ", "
+                                  EPOCH_US("$7::bigint") ", $8) "
+                                  "ON CONFLICT DO NOTHING RETURNING 1",
+                                  8},
+    /* The latest event by occurred_at is the state; an earlier one never replaces it, and on
+     * a tie a terminal state (delivered, failed, cancelled) wins. */
+    [DB_DELIVERY_STATE_UPSERT] =
+        {"delivery_state_upsert",
+         "INSERT INTO deliveries AS d (merchant_id, order_id, placed_at, status, provider, "
+         "event_id, occurred_at, eta, courier_ref) "
+         "VALUES ($1, $2, " EPOCH_US("$3::bigint") ", $4, $5, $6, " EPOCH_US("$7::bigint") ", "
+         EPOCH_US("$8::bigint") ", $9) "
+         "ON CONFLICT (merchant_id, order_id) DO UPDATE SET status = excluded.status, "
+         "provider = excluded.provider, event_id = excluded.event_id, "
+         "occurred_at = excluded.occurred_at, eta = excluded.eta, "
+         "courier_ref = excluded.courier_ref "
+         "WHERE excluded.occurred_at > d.occurred_at OR (excluded.occurred_at = d.occurred_at "
+         "AND excluded.status >= 3 AND d.status < 3)",
+         9},
+    [DB_DELIVERY_GET] =
+        {"delivery_get",
+         "SELECT d.event_id, d.provider, d.status, "
+         "(extract(epoch FROM d.occurred_at) * 1000000)::bigint, "
+         "(extract(epoch FROM d.eta) * 1000000)::bigint, d.courier_ref, "
+         "(SELECT json_agg(json_build_array(e.event_id, e.provider, e.status, "
+         "(extract(epoch FROM e.occurred_at) * 1000000)::bigint, "
+         "(extract(epoch FROM e.eta) * 1000000)::bigint, e.courier_ref) "
+         "ORDER BY e.occurred_at, e.received_at, e.provider, e.event_id) "
+         "FROM delivery_events e WHERE e.merchant_id = d.merchant_id AND e.order_id = d.order_id) "
+         "FROM deliveries d WHERE d.merchant_id = $1 AND d.order_id = $2",
+         2},
 };
 
 const struct db_stmt_def *db_stmt_def(enum db_stmt stmt)

@@ -47,6 +47,9 @@ void h_orders_list(struct srv_req *req);
 /* POST /v1/merchants/{merchant_id}/orders/{order_id}/cancel */
 void h_orders_cancel(struct srv_req *req);
 
+/* POST /v1/merchants/{merchant_id}/orders/{order_id}/delivery-events */
+void h_deliveries_post(struct srv_req *req);
+
 /* POST /v1/merchants/{merchant_id}/order-batches: the body as it streams in */
 bool h_batches_body(struct srv_req *req, const char *data, size_t size);
 /* POST /v1/merchants/{merchant_id}/order-batches: once the body is complete */

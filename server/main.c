@@ -54,6 +54,8 @@ static const struct srv_route routes[] = {
      SRV_BODY_NONE, 0, h_orders_get},
     {SRV_POST, "/v1/merchants/{merchant_id}/orders/{order_id}/cancel", true,
      AUTH_SCOPE_ORDERS_WRITE, SRV_BODY_JSON, SMALL_BODY_MAX, h_orders_cancel},
+    {SRV_POST, "/v1/merchants/{merchant_id}/orders/{order_id}/delivery-events", true,
+     AUTH_SCOPE_DELIVERIES_WRITE, SRV_BODY_JSON, SMALL_BODY_MAX, h_deliveries_post},
     {SRV_GET, "/v1/merchants/{merchant_id}/metrics/sales", true, AUTH_SCOPE_METRICS_READ,
      SRV_BODY_NONE, 0, h_metrics_sales},
 };

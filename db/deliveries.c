@@ -1,0 +1,165 @@
+#include "deliveries.h"
+
+#include "server/arena.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *us_param(struct arena *a, bool present, int64_t us)
+{
+    return present ? arena_sprintf(a, "%lld", (long long)us) : NULL;
+}
+
+static void event_from_json(struct arena *a, const json_t *row, struct db_delivery_event *e)
+{
+    e->event_id = arena_strdup(a, json_string_value(json_array_get(row, 0)));
+    e->provider = arena_strdup(a, json_string_value(json_array_get(row, 1)));
+    e->status = (enum delivery_status)json_integer_value(json_array_get(row, 2));
+    e->occurred_at_us = json_integer_value(json_array_get(row, 3));
+    e->has_eta = json_is_integer(json_array_get(row, 4));
+    e->eta_us = json_integer_value(json_array_get(row, 4));
+    const char *courier = json_string_value(json_array_get(row, 5));
+    e->courier_ref = courier ? arena_strdup(a, courier) : NULL;
+}
+
+/* Reads a DB_DELIVERY_GET row into *out. */
+static void delivery_from_row(struct arena *a, const PGresult *r, const char *order_id,
+                              struct db_delivery *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct db_delivery_event *cur = &out->current;
+    cur->order_id = arena_strdup(a, order_id);
+    cur->event_id = arena_strdup(a, PQgetvalue(r, 0, 0));
+    cur->provider = arena_strdup(a, PQgetvalue(r, 0, 1));
+    cur->status = (enum delivery_status)atoi(PQgetvalue(r, 0, 2));
+    cur->occurred_at_us = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
+    cur->has_eta = !PQgetisnull(r, 0, 4);
+    cur->eta_us = cur->has_eta ? strtoll(PQgetvalue(r, 0, 4), NULL, 10) : 0;
+    cur->courier_ref = PQgetisnull(r, 0, 5) ? NULL : arena_strdup(a, PQgetvalue(r, 0, 5));
+    json_error_t err;
+    json_t *events = json_loads(PQgetisnull(r, 0, 6) ? "[]" : PQgetvalue(r, 0, 6), 0, &err);
+    out->n_events = json_array_size(events);
+    out->events = arena_zalloc(a, (out->n_events ? out->n_events : 1) * sizeof(*out->events));
+    for (size_t i = 0; i < out->n_events; i++) {
+        event_from_json(a, json_array_get(events, i), &out->events[i]);
+        out->events[i].order_id = cur->order_id;
+    }
+    json_decref(events);
+}
+
+static enum db_status read_delivery(struct db_conn *c, struct arena *a, const char *mid,
+                                    const char *order_id, struct db_delivery *out)
+{
+    const char *params[] = {mid, order_id};
+    PGresult *r = db_exec(c, DB_DELIVERY_GET, params);
+    enum db_status st = !db_ok(r, PGRES_TUPLES_OK) ? db_failure(c, r)
+                        : PQntuples(r) == 0        ? DB_NOT_FOUND
+                                                   : DB_OK;
+    if (st == DB_OK)
+        delivery_from_row(a, r, order_id, out);
+    PQclear(r);
+    return st;
+}
+
+static enum db_status rollback_with(struct db_conn *c, PGresult *r, enum db_status st)
+{
+    if (r && st != DB_OK)
+        st = db_failure(c, r);
+    PQclear(r);
+    PQclear(db_exec_simple(c, "ROLLBACK"));
+    return st;
+}
+
+/* The transaction: the order (locked), the event, the state, the merchant's version. */
+static enum db_status record_on(struct db_conn *c, struct arena *a, const char *mid,
+                                const struct db_delivery_event *e,
+                                enum db_delivery_outcome *outcome, int64_t *version)
+{
+    PGresult *r = db_exec_simple(c, "BEGIN");
+    if (!db_ok(r, PGRES_COMMAND_OK))
+        return rollback_with(c, r, DB_ERROR);
+    PQclear(r);
+    const char *key[] = {mid, e->order_id};
+    r = db_exec(c, DB_DELIVERY_ORDER, key);
+    if (!db_ok(r, PGRES_TUPLES_OK))
+        return rollback_with(c, r, DB_ERROR);
+    if (PQntuples(r) == 0 || atoi(PQgetvalue(r, 0, 0)) != 1 /* delivery */) {
+        *outcome = PQntuples(r) == 0 ? DELIVERY_NO_ORDER : DELIVERY_NOT_DELIVERY;
+        return rollback_with(c, r, DB_OK);
+    }
+    const char *placed = arena_strdup(a, PQgetvalue(r, 0, 1));
+    PQclear(r);
+    const char *status = arena_sprintf(a, "%d", (int)e->status);
+    const char *occurred = us_param(a, true, e->occurred_at_us);
+    const char *eta = us_param(a, e->has_eta, e->eta_us);
+    const char *event[] = {mid, e->provider, e->event_id, e->order_id, status, occurred, eta,
+                           e->courier_ref};
+    r = db_exec(c, DB_DELIVERY_EVENT_INSERT, event);
+    if (!db_ok(r, PGRES_TUPLES_OK))
+        return rollback_with(c, r, DB_ERROR);
+    if (PQntuples(r) == 0) {
+        *outcome = DELIVERY_REPLAYED;
+        return rollback_with(c, r, DB_OK);
+    }
+    PQclear(r);
+    const char *state[] = {mid,      e->order_id, placed, status,        e->provider,
+                           e->event_id, occurred, eta,    e->courier_ref};
+    r = db_exec(c, DB_DELIVERY_STATE_UPSERT, state);
+    if (!db_ok(r, PGRES_COMMAND_OK))
+        return rollback_with(c, r, DB_ERROR);
+    PQclear(r);
+    const char *bump[] = {arena_sprintf(a, "{%s}", mid)};
+    r = db_exec(c, DB_INGEST_BUMP, bump);
+    if (!db_ok(r, PGRES_TUPLES_OK) || PQntuples(r) != 1)
+        return rollback_with(c, r, DB_ERROR);
+    *version = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    r = db_exec_simple(c, "COMMIT");
+    enum db_status st = db_ok(r, PGRES_COMMAND_OK) ? DB_OK : DB_UNAVAILABLE;
+    PQclear(r);
+    *outcome = DELIVERY_RECORDED;
+    return st;
+}
+
+enum db_status db_delivery_record(struct db *db, struct arena *a, int64_t merchant_id,
+                                  const struct db_delivery_event *e,
+                                  enum db_delivery_outcome *outcome, struct db_delivery *out,
+                                  int64_t *version, uint64_t *lsn)
+{
+    struct db_conn *c = db_acquire_primary(db);
+    *lsn = 0;
+    if (!c)
+        return DB_UNAVAILABLE;
+    const char *mid = arena_sprintf(a, "%lld", (long long)merchant_id);
+    enum db_status st = record_on(c, a, mid, e, outcome, version);
+    if (st == DB_OK && *outcome == DELIVERY_RECORDED) {
+        PGresult *r = db_exec(c, DB_WAL_LSN, NULL);
+        if (db_ok(r, PGRES_TUPLES_OK))
+            *lsn = db_parse_lsn(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        db_note_write_lsn(db, merchant_id, *lsn);
+    }
+    if (st == DB_OK && (*outcome == DELIVERY_RECORDED || *outcome == DELIVERY_REPLAYED))
+        st = read_delivery(c, a, mid, e->order_id, out);
+    db_release(c);
+    return st;
+}
+
+enum db_status db_delivery_get(struct db *db, struct arena *a, int64_t merchant_id,
+                               const char *order_id, uint64_t min_lsn, struct db_delivery *out,
+                               const char **role)
+{
+    const char *mid = arena_sprintf(a, "%lld", (long long)merchant_id);
+    const char *params[] = {mid, order_id};
+    enum db_status st;
+    PGresult *r = db_read(db, min_lsn, DB_DELIVERY_GET, params, role, &st);
+    if (!r)
+        return st;
+    st = PQntuples(r) == 0 ? DB_NOT_FOUND : DB_OK;
+    if (st == DB_OK)
+        delivery_from_row(a, r, order_id, out);
+    PQclear(r);
+    return st;
+}
