@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include "alloc.h"
+#include "crypto.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -170,6 +171,15 @@ bool config_load(struct config *cfg, config_getenv_fn env, char *err, size_t err
     return true;
 }
 
+/* The PII master key: present, base64 of exactly 32 bytes (never echoed), and a sane id. */
+static bool check_pii_key(const struct config *cfg, char *err, size_t errlen)
+{
+    struct crypto_keyring *k =
+        crypto_keyring_new(cfg->pii_master_key, cfg->pii_master_key_id, err, errlen);
+    crypto_keyring_free(k);
+    return k != NULL;
+}
+
 bool config_check_serve(const struct config *cfg, char *err, size_t errlen)
 {
     if (!cfg->database_url || !*cfg->database_url) {
@@ -181,6 +191,8 @@ bool config_check_serve(const struct config *cfg, char *err, size_t errlen)
                  "no token keys: set JWT_HS256_SECRET, JWT_PUBLIC_KEYS or JWT_JWKS_FILE");
         return false;
     }
+    if (!check_pii_key(cfg, err, errlen))
+        return false;
     if (!cfg->tls_cert_file != !cfg->tls_key_file) {
         snprintf(err, errlen, "TLS_CERT_FILE and TLS_KEY_FILE must be set together");
         return false;

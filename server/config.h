@@ -59,6 +59,10 @@
     X(jwt_audience, STR, "JWT_AUDIENCE", NULL, 0, 0, "required aud claim, when set")               \
     X(jwt_leeway, INT, "JWT_LEEWAY_SECONDS", "30", 0, 300, "clock leeway for exp, nbf and iat")    \
     X(jwt_max_bytes, INT, "JWT_MAX_BYTES", "8192", 256, 16384, "longest accepted token")           \
+    X(pii_master_key, SECRET, "PII_MASTER_KEY", NULL, 0, 0,                                        \
+      "customer PII master key, base64 of 32 random bytes (or PII_MASTER_KEY_FILE); required")     \
+    X(pii_master_key_id, STR, "PII_MASTER_KEY_ID", "k1", 0, 0,                                     \
+      "id of PII_MASTER_KEY, stored with each customer: 1-32 of A-Z a-z 0-9 _ -")                  \
     X(tls_cert_file, STR, "TLS_CERT_FILE", NULL, 0, 0, "PEM certificate chain; enables HTTPS")     \
     X(tls_key_file, STR, "TLS_KEY_FILE", NULL, 0, 0, "PEM private key for TLS_CERT_FILE")          \
     X(log_level, STR, "LOG_LEVEL", "info", 0, 0, "debug, info, warn or error")
@@ -84,7 +88,7 @@ typedef const char *(*config_getenv_fn)(const char *name);
 
 /* Fills cfg from the environment; false with a message naming the variable on bad input. */
 bool config_load(struct config *cfg, config_getenv_fn getenv_fn, char *err, size_t errlen);
-/* Checks what `serve` needs on top of parsing (database, token keys, TLS pair). */
+/* Checks what `serve` needs on top of parsing (database, token keys, PII key, TLS pair). */
 bool config_check_serve(const struct config *cfg, char *err, size_t errlen);
 /* Frees every string and wipes the secrets. */
 void config_free(struct config *cfg);

@@ -7,6 +7,7 @@
 #include "server/alloc.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/crypto.h"
 #include "server/http.h"
 #include "server/jobs.h"
 #include "server/log.h"
@@ -83,8 +84,8 @@ static void print_usage(FILE *out)
             "  version    print the version\n"
             "  help       print this help\n\n");
     config_print_help(out);
-    fprintf(out, "\nSecrets (JWT_HS256_SECRET) may instead be read from the file named by the\n"
-                 "same variable with a _FILE suffix. Logs are JSON lines on stdout.\n");
+    fprintf(out, "\nSecrets (JWT_HS256_SECRET, PII_MASTER_KEY) may instead be read from the file\n"
+                 "named by the same variable with a _FILE suffix. Logs are JSON lines on stdout.\n");
 }
 
 static const char *env_lookup(const char *name)
@@ -222,6 +223,7 @@ struct serve_state {
     struct db_writer *writer;
     struct jobs *jobs;
     struct h_app app;
+    struct crypto_keyring *pii_keys;
     char *tls_cert, *tls_key;
     struct srv *srv;
 };
@@ -250,6 +252,8 @@ static bool open_dependencies(struct serve_state *st)
                              (unsigned)cfg->db_statement_timeout_ms,
                              (unsigned)cfg->db_replica_max_lag_ms};
     if (!config_check_serve(cfg, err, sizeof(err)) ||
+        !(st->pii_keys = crypto_keyring_new(cfg->pii_master_key, cfg->pii_master_key_id, err,
+                                            sizeof(err))) ||
         !(st->auth = auth_new(&ac, err, sizeof(err))) ||
         !(st->db = db_open(&dbo, err, sizeof(err))) ||
         !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
@@ -260,6 +264,7 @@ static bool open_dependencies(struct serve_state *st)
     if (cfg->tls_cert_file && (!(st->tls_cert = read_pem(cfg->tls_cert_file, "TLS_CERT_FILE")) ||
                                !(st->tls_key = read_pem(cfg->tls_key_file, "TLS_KEY_FILE"))))
         return false;
+    crypto_pii_install(st->pii_keys); /* before any thread that may use it starts */
     struct db_writer_options wo = {(unsigned)cfg->writer_threads, (unsigned)cfg->writer_max_batch,
                                    (unsigned)cfg->writer_max_wait_us, publish_commit, st->cache};
     st->writer = db_writer_start(st->db, &wo);
@@ -347,6 +352,8 @@ static void close_all(struct serve_state *st)
     free(st->tls_cert);
     if (st->tls_key)
         xfree_secret(st->tls_key, strlen(st->tls_key));
+    crypto_pii_install(NULL); /* every thread has stopped */
+    crypto_keyring_free(st->pii_keys);
     config_free(&st->cfg);
 }
 

@@ -17,6 +17,7 @@ bash deploy/local/stack.sh start >/dev/null
 eval "$(bash deploy/local/stack.sh env)"
 export DATABASE_URL DATABASE_REPLICA_URLS REDIS_URL
 export JWT_HS256_SECRET=bench-secret-0123456789abcdef0123456789abcdef
+export PII_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export CANGREJO_LISTEN=127.0.0.1:$port LOG_LEVEL=warn
 bin=build-bench/cangrejo

@@ -113,15 +113,48 @@ static void test_serve_requirements(void)
     config_free(&cfg);
     const char *const half_tls[] = {"DATABASE_URL", "postgresql://localhost/x", "JWT_HS256_SECRET",
                                     "0123456789abcdef0123456789abcdef", "TLS_CERT_FILE", "/c.pem",
-                                    NULL};
+                                    "PII_MASTER_KEY",
+                                    "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=", NULL};
     CHECK(load(half_tls, &cfg, err));
     CHECK(!config_check_serve(&cfg, err, sizeof(err)));
     CHECK(strstr(err, "TLS_KEY_FILE") != NULL);
     config_free(&cfg);
     const char *const ok[] = {"DATABASE_URL", "postgresql://localhost/x", "JWT_HS256_SECRET",
-                              "0123456789abcdef0123456789abcdef", NULL};
+                              "0123456789abcdef0123456789abcdef", "PII_MASTER_KEY",
+                              "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=", NULL};
     CHECK(load(ok, &cfg, err));
     CHECK(config_check_serve(&cfg, err, sizeof(err)));
+    CHECK_STR(cfg.pii_master_key_id, "k1");
+    config_free(&cfg);
+}
+
+/* serve needs a PII master key of exactly 32 bytes and a sane key id; the message names the
+ * variable and never shows the key. */
+static void test_serve_needs_a_pii_master_key(void)
+{
+    struct config cfg;
+    char err[256];
+    const char *const none[] = {"DATABASE_URL", "postgresql://localhost/x", "JWT_HS256_SECRET",
+                                "0123456789abcdef0123456789abcdef", NULL};
+    CHECK(load(none, &cfg, err));
+    CHECK(!config_check_serve(&cfg, err, sizeof(err)));
+    CHECK(strstr(err, "PII_MASTER_KEY is required") != NULL);
+    config_free(&cfg);
+    const char *const short_key[] = {"DATABASE_URL", "postgresql://localhost/x",
+                                     "JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef",
+                                     "PII_MASTER_KEY", "c2hvcnQta2V5LXNlY3JldA==", NULL};
+    CHECK(load(short_key, &cfg, err));
+    CHECK(!config_check_serve(&cfg, err, sizeof(err)));
+    CHECK(strstr(err, "PII_MASTER_KEY must be") != NULL);
+    CHECK(strstr(err, "c2hvcnQta2V5") == NULL);
+    config_free(&cfg);
+    const char *const bad_id[] = {"DATABASE_URL", "postgresql://localhost/x", "JWT_HS256_SECRET",
+                                  "0123456789abcdef0123456789abcdef", "PII_MASTER_KEY",
+                                  "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=",
+                                  "PII_MASTER_KEY_ID", "key one", NULL};
+    CHECK(load(bad_id, &cfg, err));
+    CHECK(!config_check_serve(&cfg, err, sizeof(err)));
+    CHECK(strstr(err, "PII_MASTER_KEY_ID") != NULL);
     config_free(&cfg);
 }
 
@@ -135,7 +168,7 @@ static void test_help_lists_every_variable(void)
     const char *names[] = {"CANGREJO_LISTEN", "DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL",
                            "JWT_HS256_SECRET", "JWT_PUBLIC_KEYS", "JWT_JWKS_FILE", "JWT_ISSUER",
                            "JWT_AUDIENCE", "TLS_CERT_FILE", "TLS_KEY_FILE", "CANGREJO_THREADS",
-                           "LOG_LEVEL"};
+                           "LOG_LEVEL", "PII_MASTER_KEY", "PII_MASTER_KEY_ID"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         CHECK(strstr(text, names[i]) != NULL);
     free(text);
@@ -148,6 +181,7 @@ int main(void)
     TEST(test_bad_values_name_the_variable);
     TEST(test_secret_from_file);
     TEST(test_serve_requirements);
+    TEST(test_serve_needs_a_pii_master_key);
     TEST(test_help_lists_every_variable);
     return check_done();
 }
