@@ -1,8 +1,10 @@
 #include "ingest.h"
 
+#include "db/customers.h"
 #include "server/alloc.h"
 #include "server/arena.h"
 #include "server/buf.h"
+#include "server/crypto.h"
 #include "server/log.h"
 
 #include <pthread.h>
@@ -143,6 +145,7 @@ struct attempt {
     bool *first;    /* first[i]: orders[i] is the first of its key in the group */
     bool *inserted; /* inserted[i]: the gate took orders[i] */
     size_t *by_key; /* indexes of orders sorted by (merchant_id, order_id, position) */
+    bool *pii_stored; /* pii_stored[i]: orders[i]'s PII went into order_pii */
 };
 
 static int compare_keys(int64_t ma, const char *oa, int64_t mb, const char *ob)
@@ -453,12 +456,179 @@ static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_st
     return ok;
 }
 
+/* ---- customers' personal data ---- */
+
+/* A customer with PII among the inserted orders, and its data key once derived. */
+struct pii_customer {
+    int64_t merchant_id;
+    const char *ref;
+    bool usable; /* key holds its data key: not erased, and its master key id is loaded */
+    uint8_t key[CRYPTO_KEY_BYTES];
+};
+
+static int compare_customers(const void *pa, const void *pb)
+{
+    const struct pii_customer *a = pa, *b = pb;
+    if (a->merchant_id != b->merchant_id)
+        return a->merchant_id < b->merchant_id ? -1 : 1;
+    return strcmp(a->ref, b->ref);
+}
+
+static bool has_pii(const struct attempt *t, size_t i)
+{
+    return t->inserted[i] && t->orders[i]->pii && t->orders[i]->customer_ref;
+}
+
+/* The distinct customers of the inserted orders with PII, sorted (the lock order); returns
+ * how many. */
+static size_t pii_customers(const struct attempt *t, struct pii_customer *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (has_pii(t, i))
+            out[n++] = (struct pii_customer){.merchant_id = t->orders[i]->merchant_id,
+                                             .ref = t->orders[i]->customer_ref};
+    qsort(out, n, sizeof(*out), compare_customers);
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++)
+        if (distinct == 0 || compare_customers(&out[distinct - 1], &out[i]) != 0)
+            out[distinct++] = out[i];
+    return distinct;
+}
+
+static struct pii_customer *find_customer(struct pii_customer *cs, size_t n, int64_t merchant_id,
+                                          const char *ref)
+{
+    struct pii_customer key = {.merchant_id = merchant_id, .ref = ref};
+    return bsearch(&key, cs, n, sizeof(*cs), compare_customers);
+}
+
+/* Gives every customer a row with a fresh random secret unless it has one. */
+static bool ensure_customers(struct attempt *t, const struct pii_customer *cs, size_t n,
+                             const char *key_id, enum db_status *failed)
+{
+    struct params p;
+    params_begin(&p, 3);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        uint8_t secret[CRYPTO_SECRET_BYTES];
+        ok = crypto_random(secret, sizeof(secret));
+        array_int(&p.cols[0], cs[i].merchant_id);
+        array_text(&p.cols[1], cs[i].ref);
+        array_hex(&p.cols[2], secret, sizeof(secret));
+        crypto_wipe(secret, sizeof(secret));
+    }
+    const char *const *cols = params_end(&p);
+    const char *params[] = {cols[0], cols[1], cols[2], key_id};
+    if (!ok) {
+        log_error("the CSPRNG failed: no customer secret");
+        *failed = DB_ERROR;
+    } else {
+        ok = step(t, db_exec(t->c, DB_PII_CUSTOMERS_ENSURE, params), PGRES_COMMAND_OK, failed);
+    }
+    crypto_wipe(p.cols[2].data, p.cols[2].len);
+    params_free(&p);
+    return ok;
+}
+
+/* Share-locks the customers' rows and derives the data key of each one that has a secret. */
+static bool derive_keys(struct attempt *t, struct pii_customer *cs, size_t n,
+                        enum db_status *failed)
+{
+    struct params p;
+    params_begin(&p, 2);
+    for (size_t i = 0; i < n; i++) {
+        array_int(&p.cols[0], cs[i].merchant_id);
+        array_text(&p.cols[1], cs[i].ref);
+    }
+    PGresult *r = db_exec(t->c, DB_PII_CUSTOMERS_LOCK, params_end(&p));
+    params_free(&p);
+    bool ok = db_ok(r, PGRES_TUPLES_OK);
+    if (!ok)
+        *failed = db_failure(t->c, r);
+    for (int row = 0; ok && row < PQntuples(r); row++) {
+        struct pii_customer *c =
+            find_customer(cs, n, strtoll(PQgetvalue(r, row, 0), NULL, 10), PQgetvalue(r, row, 1));
+        if (!c || PQgetisnull(r, row, 3))
+            continue; /* erased: its new orders keep no PII either */
+        const char *key_id = PQgetvalue(r, row, 2);
+        c->usable = db_customer_data_key(key_id, PQgetvalue(r, row, 3), c->key);
+        if (!c->usable)
+            log_warn("a customer of merchant %lld has a secret under master key id \"%s\", "
+                     "which is not loaded: personal data of its new orders is not stored",
+                     (long long)c->merchant_id, key_id);
+    }
+    PQclear(r);
+    return ok;
+}
+
+/* Seals the PII of every inserted order whose customer has a usable key into order_pii. */
+static bool insert_pii(struct attempt *t, struct pii_customer *cs, size_t n, enum db_status *failed)
+{
+    struct params p;
+    params_begin(&p, 5);
+    size_t rows = 0;
+    bool ok = true;
+    for (size_t i = 0; i < t->n && ok; i++) {
+        struct db_order *o = t->orders[i];
+        struct pii_customer *c =
+            has_pii(t, i) ? find_customer(cs, n, o->merchant_id, o->customer_ref) : NULL;
+        if (!c || !c->usable)
+            continue;
+        struct db_pii_sealed sealed;
+        ok = db_pii_seal(c->key, o->merchant_id, o->order_id, o->customer_ref, o->pii, &sealed);
+        if (!ok)
+            break;
+        array_int(&p.cols[0], o->merchant_id);
+        array_text(&p.cols[1], o->order_id);
+        array_text(&p.cols[2], o->customer_ref);
+        array_hex(&p.cols[3], sealed.nonce, sizeof(sealed.nonce));
+        array_hex(&p.cols[4], sealed.ct, sealed.ct_len);
+        free(sealed.ct);
+        t->pii_stored[i] = true;
+        rows++;
+    }
+    if (!ok) {
+        log_error("sealing personal data failed (OpenSSL)");
+        *failed = DB_ERROR;
+    } else if (rows) {
+        ok = step(t, db_exec(t->c, DB_PII_INSERT, params_end(&p)), PGRES_COMMAND_OK, failed);
+    }
+    params_free(&p);
+    return ok;
+}
+
+/* Stores the PII of the inserted orders, encrypted under their customers' keys (DESIGN.md
+ * decision 6): three statements for the whole group, whatever its size. */
+static bool store_pii(struct attempt *t, enum db_status *failed)
+{
+    size_t with_pii = 0;
+    for (size_t i = 0; i < t->n; i++)
+        with_pii += has_pii(t, i);
+    if (with_pii == 0)
+        return true;
+    const struct crypto_keyring *keys = crypto_pii_keyring();
+    if (!keys) {
+        log_error("orders carry personal data but no PII master key is loaded");
+        *failed = DB_ERROR;
+        return false;
+    }
+    struct pii_customer *cs = xcalloc(with_pii, sizeof(*cs));
+    size_t n = pii_customers(t, cs);
+    bool ok = ensure_customers(t, cs, n, crypto_keyring_key_id(keys), failed) &&
+              derive_keys(t, cs, n, failed) && insert_pii(t, cs, n, failed);
+    crypto_wipe(cs, with_pii * sizeof(*cs));
+    free(cs);
+    return ok;
+}
+
 /* One transaction over the whole group: DB_OK, or why it failed (nothing committed unless the
  * commit itself is what failed, which counts as unavailable: the outcome is unknown). */
 static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *commit)
 {
     enum db_status failed = DB_OK;
     memset(t->inserted, 0, t->n * sizeof(*t->inserted));
+    memset(t->pii_stored, 0, t->n * sizeof(*t->pii_stored));
     if (!step(t, db_exec_simple(t->c, "BEGIN"), PGRES_COMMAND_OK, &failed))
         return failed;
     bool ok = step(t, run_gate(t), PGRES_TUPLES_OK, &failed);
@@ -468,7 +638,7 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     PGresult *bump = NULL;
     if (ok && inserted) {
         ok = step(t, insert_orders(t), PGRES_COMMAND_OK, &failed) &&
-             step(t, insert_items(t), PGRES_COMMAND_OK, &failed) &&
+             step(t, insert_items(t), PGRES_COMMAND_OK, &failed) && store_pii(t, &failed) &&
              step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed);
         if (ok) {
             bump = bump_versions(t);
@@ -487,9 +657,12 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
         PQclear(bump);
         return DB_UNAVAILABLE;
     }
-    for (size_t i = 0; i < t->n; i++)
-        if (t->inserted[i])
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->inserted[i]) {
             t->results[i] = INGEST_INSERTED;
+            t->orders[i]->pii_stored = t->pii_stored[i];
+        }
+    }
     if (bump)
         record_commit(t, bump, commit);
     PQclear(bump);
@@ -505,12 +678,14 @@ static void ingest_group(struct db_conn *c, struct db_order **orders, size_t n,
                         n,
                         xcalloc(n, sizeof(bool)),
                         xcalloc(n, sizeof(bool)),
-                        xcalloc(n, sizeof(size_t))};
+                        xcalloc(n, sizeof(size_t)),
+                        xcalloc(n, sizeof(bool))};
     index_by_key(&t);
     enum db_status st = ingest_once(&t, commit);
     free(t.first);
     free(t.inserted);
     free(t.by_key);
+    free(t.pii_stored);
     if (st == DB_OK)
         return;
     if (st == DB_UNAVAILABLE || n == 1) {

@@ -29,6 +29,12 @@ struct db_order *db_order_copy(struct arena *a, const struct db_order *o)
     c->order_id = copy_text(a, o->order_id);
     c->promo_code = copy_text(a, o->promo_code);
     c->customer_ref = copy_text(a, o->customer_ref);
+    if (o->pii) {
+        struct db_pii *pii = arena_alloc(a, sizeof(*pii));
+        *pii = (struct db_pii){copy_text(a, o->pii->name), copy_text(a, o->pii->email),
+                               copy_text(a, o->pii->phone), copy_text(a, o->pii->address)};
+        c->pii = pii;
+    }
     c->items = arena_alloc(a, (o->n_items ? o->n_items : 1) * sizeof(*c->items));
     for (size_t i = 0; i < o->n_items; i++) {
         c->items[i] = o->items[i];

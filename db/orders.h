@@ -22,6 +22,12 @@ struct db_item {
     int64_t quantity, unit_price_cents;
 };
 
+/* A customer's personal data as given with an order; a field is NULL when not given. Never
+ * logged, cached or stored in clear (see db/customers.h). */
+struct db_pii {
+    const char *name, *email, *phone, *address;
+};
+
 struct db_order {
     int64_t merchant_id;
     const char *order_id;
@@ -36,6 +42,8 @@ struct db_order {
     int64_t gross_cents, discount_cents, net_cents, tax_cents, total_cents, items_sold;
     const char *promo_code;   /* NULL when none */
     const char *customer_ref; /* NULL when none */
+    const struct db_pii *pii; /* given with the order (write path); NULL when none */
+    bool pii_stored;          /* set by db_ingest once committed: pii is stored, encrypted */
     unsigned char content_hash[ORDER_HASH_BYTES];
     char created_at[24]; /* RFC 3339 UTC, set once stored ("" before) */
 };

@@ -202,6 +202,72 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "FROM delivery_events e WHERE e.merchant_id = d.merchant_id AND e.order_id = d.order_id) "
          "FROM deliveries d WHERE d.merchant_id = $1 AND d.order_id = $2",
          2},
+    /* Customers with PII in a group: each gets a row with a fresh random secret unless it has
+     * one (an erased customer keeps its NULL secret). Keys come sorted, so concurrent writers
+     * wait on each other's new rows in one order. */
+    [DB_PII_CUSTOMERS_ENSURE] = {"pii_customers_ensure",
+                                 "INSERT INTO customers (merchant_id, customer_ref, key_id, "
+                                 "secret) SELECT m, r, $4, decode(s, 'hex') "
+                                 "FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(m, r, s) "
+                                 "ON CONFLICT DO NOTHING",
+                                 4},
+    /* Their secrets, share-locked in key order until the group commits: an erasure waits for
+     * the group (and then deletes its ciphertexts), or the group waits for the erasure (and
+     * then finds the secret gone). */
+    [DB_PII_CUSTOMERS_LOCK] = {"pii_customers_lock",
+                               "SELECT c.merchant_id, c.customer_ref, c.key_id, "
+                               "encode(c.secret, 'hex') FROM customers c "
+                               "JOIN unnest($1::bigint[], $2::text[]) AS u(m, r) "
+                               "ON c.merchant_id = u.m AND c.customer_ref = u.r "
+                               "ORDER BY c.merchant_id, c.customer_ref COLLATE \"C\" "
+                               "FOR SHARE OF c",
+                               2},
+    [DB_PII_INSERT] = {"pii_insert",
+                       "INSERT INTO order_pii (merchant_id, order_id, customer_ref, nonce, "
+                       "ciphertext) SELECT m, o, r, decode(n, 'hex'), decode(c, 'hex') "
+                       "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+                       "AS u(m, o, r, n, c)",
+                       5},
+    /* An order's ciphertext with what derives its key; nothing once the customer is erased. */
+    [DB_ORDER_PII_GET] = {"order_pii_get",
+                          "SELECT p.customer_ref, encode(p.nonce, 'hex'), "
+                          "encode(p.ciphertext, 'hex'), c.key_id, encode(c.secret, 'hex') "
+                          "FROM order_pii p JOIN customers c ON c.merchant_id = p.merchant_id "
+                          "AND c.customer_ref = p.customer_ref "
+                          "WHERE p.merchant_id = $1 AND p.order_id = $2 AND c.secret IS NOT NULL",
+                          2},
+    /* Everything stored of a customer, in one snapshot: the customer row (columns 0-3, NULL
+     * when there is none), every order id it appears in (oldest first), and its ciphertexts
+     * (newest order first). */
+    [DB_CUSTOMER_EXPORT] =
+        {"customer_export",
+         "SELECT c.key_id, encode(c.secret, 'hex'), " UTC_TEXT("c.erased_at") ", "
+         "c.customer_ref IS NOT NULL, "
+         "(SELECT json_agg(o.order_id ORDER BY o.placed_at, o.order_id) FROM orders o "
+         "WHERE o.merchant_id = $1 AND o.customer_ref = $2), "
+         "(SELECT json_agg(json_build_array(p.order_id, encode(p.nonce, 'hex'), "
+         "encode(p.ciphertext, 'hex')) ORDER BY k.placed_at DESC, p.order_id DESC) "
+         "FROM order_pii p JOIN order_keys k ON k.merchant_id = p.merchant_id "
+         "AND k.order_id = p.order_id WHERE p.merchant_id = $1 AND p.customer_ref = $2) "
+         "FROM (VALUES (1)) AS one(x) LEFT JOIN customers c "
+         "ON c.merchant_id = $1 AND c.customer_ref = $2",
+         2},
+    /* Erasure destroys the customer's secret (crypto-shredding every copy of its ciphertexts).
+     * A customer known only from orders gets an erased row, so later orders store no PII for
+     * it either; one never seen gets nothing. Erasing again changes nothing. */
+    [DB_CUSTOMER_ERASE] =
+        {"customer_erase",
+         "INSERT INTO customers AS c (merchant_id, customer_ref, key_id, secret, erased_at) "
+         "SELECT $1::bigint, $2::text, $3::text, NULL, now() WHERE EXISTS (SELECT 1 FROM orders o "
+         "WHERE o.merchant_id = $1::bigint AND o.customer_ref = $2::text) "
+         "ON CONFLICT (merchant_id, customer_ref) DO UPDATE SET secret = NULL, "
+         "erased_at = coalesce(c.erased_at, now()) "
+         "WHERE c.secret IS NOT NULL OR c.erased_at IS NULL",
+         3},
+    [DB_CUSTOMER_FORGET_PII] = {"customer_forget_pii",
+                                "DELETE FROM order_pii "
+                                "WHERE merchant_id = $1 AND customer_ref = $2",
+                                2},
 };
 
 const struct db_stmt_def *db_stmt_def(enum db_stmt stmt)

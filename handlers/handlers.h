@@ -58,4 +58,9 @@ void h_batches_post(struct srv_req *req);
 /* GET /v1/merchants/{merchant_id}/metrics/sales */
 void h_metrics_sales(struct srv_req *req);
 
+/* GET /v1/merchants/{merchant_id}/customers/{customer_ref}/export */
+void h_customers_export(struct srv_req *req);
+/* DELETE /v1/merchants/{merchant_id}/customers/{customer_ref} */
+void h_customers_erase(struct srv_req *req);
+
 #endif

@@ -1,10 +1,12 @@
 #include "order_json.h"
 
 #include "server/arena.h"
+#include "server/crypto.h"
 
 #include <ctype.h>
 #include <openssl/sha.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -228,14 +230,48 @@ static void parse_customer(struct v_errors *v, const json_t *obj, const char *pr
     }
     v_no_unknown_fields(v, customer, cpath, fields);
     o->customer_ref = v_string(v, customer, cpath, "ref", CUSTOMER_REF_MAX);
-    for (const char *const *f = fields + 1; *f; f++)
-        optional_string(v, customer, cpath, *f, PII_FIELD_MAX);
+    struct db_pii *pii = arena_zalloc(v->arena, sizeof(*pii));
+    const char **slots[] = {&pii->name, &pii->email, &pii->phone, &pii->address};
+    bool any = false;
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        *slots[i] = optional_string(v, customer, cpath, fields[i + 1], PII_FIELD_MAX);
+        any |= *slots[i] != NULL;
+    }
+    if (any && !crypto_pii_keyring())
+        v_fail(v, cpath, "personal data cannot be accepted: this server has no PII key");
+    o->pii = any ? pii : NULL;
+}
+
+/* Hex of the HMAC (under a key derived from the PII master key) of the canonical personal
+ * data: the content hash covers the PII without holding anything that reveals it. NULL when
+ * the order has none. */
+static const char *pii_mac_hex(const struct db_order *o, char hex[2 * CRYPTO_MAC_BYTES + 1])
+{
+    const struct crypto_keyring *keys = crypto_pii_keyring();
+    if (!o->pii || !keys)
+        return NULL;
+    json_t *canon =
+        json_pack("[s?, s?, s?, s?]", o->pii->name, o->pii->email, o->pii->phone, o->pii->address);
+    char *text = json_dumps(canon, JSON_COMPACT);
+    json_decref(canon);
+    size_t len = strlen(text);
+    uint8_t mac[CRYPTO_MAC_BYTES];
+    bool ok = crypto_keyring_mac(keys, text, len, mac);
+    crypto_wipe(text, len);
+    free(text);
+    if (!ok)
+        abort(); /* HMAC-SHA256 does not fail short of a broken OpenSSL */
+    for (size_t i = 0; i < sizeof(mac); i++)
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    return hex;
 }
 
 /* SHA-256 of the canonical order: every stored field, normalized (placed_at as UTC
- * microseconds, defaults filled in, computed amounts), keys sorted, no whitespace. */
+ * microseconds, defaults filled in, computed amounts), keys sorted, no whitespace; the
+ * customer's personal data only as its keyed MAC ("customer_pii", absent when none). */
 static void hash_order(struct db_order *o)
 {
+    char mac_hex[2 * CRYPTO_MAC_BYTES + 1];
     json_t *items = json_array();
     for (size_t i = 0; i < o->n_items; i++)
         json_array_append_new(items, json_pack("[s, s, I, I]", o->items[i].sku, o->items[i].name,
@@ -248,6 +284,9 @@ static void hash_order(struct db_order *o)
         "currency", o->currency, "items", items, "discount_cents", (json_int_t)o->discount_cents,
         "tax_cents", (json_int_t)o->tax_cents, "promo_code", o->promo_code, "customer_ref",
         o->customer_ref);
+    const char *pii_mac = pii_mac_hex(o, mac_hex);
+    if (pii_mac)
+        json_object_set_new(canon, "customer_pii", json_string(pii_mac));
     char *text = json_dumps(canon, JSON_COMPACT | JSON_SORT_KEYS);
     SHA256((const unsigned char *)text, strlen(text), o->content_hash);
     free(text);
@@ -319,4 +358,21 @@ json_t *order_to_json(const struct db_order *o)
     json_object_set_new(body, "created_at",
                         o->created_at[0] ? json_string(o->created_at) : json_null());
     return body;
+}
+
+static json_t *string_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *order_customer_json(const struct db_pii *pii)
+{
+    if (!pii)
+        return json_null();
+    json_t *c = json_object();
+    json_object_set_new(c, "name", string_or_null(pii->name));
+    json_object_set_new(c, "email", string_or_null(pii->email));
+    json_object_set_new(c, "phone", string_or_null(pii->phone));
+    json_object_set_new(c, "address", string_or_null(pii->address));
+    return c;
 }

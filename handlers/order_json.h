@@ -20,11 +20,15 @@ const char *order_channel_name(enum order_channel c);
 const char *order_fulfillment_name(enum order_fulfillment f);
 /* Fills *out from an order object, recording every problem in v under prefix ("" for a single
  * order, "orders[3]" style in batches would pass that). Computes gross/net/total and the
- * content hash. False when anything failed. */
+ * content hash (which covers the customer's PII through a keyed MAC: see server/crypto.h).
+ * False when anything failed. */
 bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
                      int64_t merchant_id, const char *merchant_currency, int64_t now_us,
                      struct db_order *out);
 /* The API's order object (customer PII is never included here). */
 json_t *order_to_json(const struct db_order *o);
+/* The API's "customer" value for pii:read tokens: {name, email, phone, address} (null where
+ * not given), or JSON null when pii is NULL. */
+json_t *order_customer_json(const struct db_pii *pii);
 
 #endif

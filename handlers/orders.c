@@ -3,6 +3,7 @@
 #include "handlers/handlers.h"
 
 #include "cache/cache.h"
+#include "db/customers.h"
 #include "db/merchants.h"
 #include "db/orders.h"
 #include "db/writer.h"
@@ -45,9 +46,45 @@ static bool find_merchant(struct srv_req *req, struct db_merchant *m)
     return false;
 }
 
+static uint64_t merchant_min_lsn(struct srv_req *req);
+
+/* The order's personal data for a pii:read token: what was just stored with it (written),
+ * else what the database holds; JSON null when none is readable (none given, customer erased,
+ * ciphertext moved or altered). NULL when the database could not say. */
+static json_t *customer_json(struct srv_req *req, const struct db_order *o, bool written)
+{
+    if (written)
+        return order_customer_json(o->pii_stored ? o->pii : NULL);
+    if (!o->customer_ref)
+        return json_null();
+    struct h_app *app = req->app;
+    struct db_pii pii;
+    const char *role = NULL;
+    enum db_status st = db_order_pii_get(app->db, req->arena, req->merchant_id, o->order_id,
+                                         merchant_min_lsn(req), &pii, &role);
+    return st == DB_OK ? order_customer_json(&pii) : st == DB_NOT_FOUND ? json_null() : NULL;
+}
+
+static void reply_order_as(struct srv_req *req, unsigned status, const struct db_order *o,
+                           bool written)
+{
+    json_t *body = order_to_json(o);
+    if (req->principal.scopes & AUTH_SCOPE_PII_READ) {
+        json_t *customer = customer_json(req, o, written);
+        if (!customer) {
+            json_decref(body);
+            srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
+            return;
+        }
+        json_object_set_new(body, "customer", customer);
+        srv_add_header(req, "Cache-Control", "no-store");
+    }
+    srv_reply_json(req, status, body);
+}
+
 static void reply_order(struct srv_req *req, unsigned status, const struct db_order *o)
 {
-    srv_reply_json(req, status, order_to_json(o));
+    reply_order_as(req, status, o, false);
 }
 
 /* The newest commit position of the merchant known here or (from any instance) in Redis. */
@@ -86,7 +123,7 @@ static void reply_written(struct srv_req *req)
         srv_add_header(req, "Location",
                        arena_sprintf(req->arena, "/v1/merchants/%" PRId64 "/orders/%s",
                                      req->merchant_id, p->order.order_id));
-        reply_order(req, 201, &p->order);
+        reply_order_as(req, 201, &p->order, true);
         break;
     case INGEST_DUPLICATE:
         reply_replayed(req, p->order.order_id);

@@ -173,12 +173,13 @@ void crypto_pii_aad(struct buf *out, int64_t merchant_id, const char *order_id,
     }
 }
 
-struct crypto_keyring *crypto_keyring_new(const char *master_key_b64, const char *key_id,
-                                          char *err, size_t errlen)
+struct crypto_keyring *crypto_keyring_new(const char *master_key_b64, const char *key_id, char *err,
+                                          size_t errlen)
 {
     if (!master_key_b64 || !*master_key_b64) {
-        snprintf(err, errlen, "PII_MASTER_KEY is required (base64 of 32 random bytes, or "
-                              "PII_MASTER_KEY_FILE naming a file that holds it)");
+        snprintf(err, errlen,
+                 "PII_MASTER_KEY is required (base64 of 32 random bytes, or "
+                 "PII_MASTER_KEY_FILE naming a file that holds it)");
         return NULL;
     }
     if (!crypto_key_id_valid(key_id)) {
@@ -190,14 +191,14 @@ struct crypto_keyring *crypto_keyring_new(const char *master_key_b64, const char
     struct crypto_keyring *k = xcalloc(1, sizeof(*k));
     snprintf(k->key_id, sizeof(k->key_id), "%s", key_id);
     if (!crypto_decode_key(master_key_b64, k->master)) {
-        snprintf(err, errlen, "PII_MASTER_KEY must be standard base64 (with '=' padding) of "
-                              "exactly 32 bytes");
+        snprintf(err, errlen,
+                 "PII_MASTER_KEY must be standard base64 (with '=' padding) of "
+                 "exactly 32 bytes");
         crypto_keyring_free(k);
         return NULL;
     }
-    if (!crypto_hkdf_sha256(k->master, sizeof(k->master), NULL, 0,
-                            (const uint8_t *)HASH_KEY_INFO, strlen(HASH_KEY_INFO), k->mac_key,
-                            sizeof(k->mac_key))) {
+    if (!crypto_hkdf_sha256(k->master, sizeof(k->master), NULL, 0, (const uint8_t *)HASH_KEY_INFO,
+                            strlen(HASH_KEY_INFO), k->mac_key, sizeof(k->mac_key))) {
         snprintf(err, errlen, "PII_MASTER_KEY: key derivation failed (OpenSSL)");
         crypto_keyring_free(k);
         return NULL;

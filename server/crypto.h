@@ -59,8 +59,8 @@ struct crypto_keyring;
 
 /* Builds a keyring from a base64 master key and its id; NULL with a message naming
  * PII_MASTER_KEY or PII_MASTER_KEY_ID (never the key) when either is malformed. */
-struct crypto_keyring *crypto_keyring_new(const char *master_key_b64, const char *key_id,
-                                          char *err, size_t errlen);
+struct crypto_keyring *crypto_keyring_new(const char *master_key_b64, const char *key_id, char *err,
+                                          size_t errlen);
 /* Wipes and frees a keyring (NULL is fine). */
 void crypto_keyring_free(struct crypto_keyring *k);
 /* The id of the current master key: new customers are stored with it. */

@@ -240,6 +240,9 @@ json_t *srv_body_json_object(struct srv_req *req)
     json_error_t err;
     json_t *root = json_parse_strict(req->body, req->body_len, &err);
     if (!root) {
+        char *near = strstr(err.text, " near '");
+        if (near)
+            *near = '\0'; /* jansson quotes the input there, which may be personal data */
         srv_reply_problem(
             req, PROBLEM_MALFORMED_JSON,
             arena_sprintf(req->arena, "line %d, column %d: %s", err.line, err.column, err.text));

@@ -59,6 +59,10 @@ static const struct srv_route routes[] = {
      AUTH_SCOPE_DELIVERIES_WRITE, SRV_BODY_JSON, SMALL_BODY_MAX, h_deliveries_post},
     {SRV_GET, "/v1/merchants/{merchant_id}/metrics/sales", true, AUTH_SCOPE_METRICS_READ,
      SRV_BODY_NONE, 0, h_metrics_sales},
+    {SRV_GET, "/v1/merchants/{merchant_id}/customers/{customer_ref}/export", true,
+     AUTH_SCOPE_PII_READ, SRV_BODY_NONE, 0, h_customers_export},
+    {SRV_DELETE, "/v1/merchants/{merchant_id}/customers/{customer_ref}", true,
+     AUTH_SCOPE_CUSTOMERS_ERASE, SRV_BODY_NONE, 0, h_customers_erase},
 };
 
 static void print_usage(FILE *out)
@@ -84,8 +88,9 @@ static void print_usage(FILE *out)
             "  version    print the version\n"
             "  help       print this help\n\n");
     config_print_help(out);
-    fprintf(out, "\nSecrets (JWT_HS256_SECRET, PII_MASTER_KEY) may instead be read from the file\n"
-                 "named by the same variable with a _FILE suffix. Logs are JSON lines on stdout.\n");
+    fprintf(out, "\nSecrets (JWT_HS256_SECRET, PII_MASTER_KEY) may instead be read from the\n"
+                 "file named by the same variable with a _FILE suffix. Logs are JSON lines on\n"
+                 "stdout.\n");
 }
 
 static const char *env_lookup(const char *name)

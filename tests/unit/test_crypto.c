@@ -220,8 +220,7 @@ static void test_mac_is_keyed_and_deterministic(void)
     struct crypto_keyring *other = crypto_keyring_new(
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "test1", err, sizeof(err));
     CHECK(other != NULL);
-    uint8_t m1[CRYPTO_MAC_BYTES], m2[CRYPTO_MAC_BYTES], m3[CRYPTO_MAC_BYTES],
-        m4[CRYPTO_MAC_BYTES];
+    uint8_t m1[CRYPTO_MAC_BYTES], m2[CRYPTO_MAC_BYTES], m3[CRYPTO_MAC_BYTES], m4[CRYPTO_MAC_BYTES];
     CHECK(crypto_keyring_mac(k, PLAIN, strlen(PLAIN), m1));
     CHECK(crypto_keyring_mac(k, PLAIN, strlen(PLAIN), m2));
     CHECK(crypto_keyring_mac(k, PLAIN, strlen(PLAIN) - 1, m3));
