@@ -1,6 +1,7 @@
 #include "deliveries.h"
 
 #include "server/arena.h"
+#include "server/buf.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -24,22 +25,22 @@ static void event_from_json(struct arena *a, const json_t *row, struct db_delive
     e->courier_ref = courier ? arena_strdup(a, courier) : NULL;
 }
 
-/* Reads a DB_DELIVERY_GET row into *out. */
-static void delivery_from_row(struct arena *a, const PGresult *r, const char *order_id,
-                              struct db_delivery *out)
+/* Reads row `row` of a DB_DELIVERY_GET result into *out. */
+static void delivery_from_row(struct arena *a, const PGresult *r, int row, struct db_delivery *out)
 {
     memset(out, 0, sizeof(*out));
     struct db_delivery_event *cur = &out->current;
-    cur->order_id = arena_strdup(a, order_id);
-    cur->event_id = arena_strdup(a, PQgetvalue(r, 0, 0));
-    cur->provider = arena_strdup(a, PQgetvalue(r, 0, 1));
-    cur->status = (enum delivery_status)atoi(PQgetvalue(r, 0, 2));
-    cur->occurred_at_us = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
-    cur->has_eta = !PQgetisnull(r, 0, 4);
-    cur->eta_us = cur->has_eta ? strtoll(PQgetvalue(r, 0, 4), NULL, 10) : 0;
-    cur->courier_ref = PQgetisnull(r, 0, 5) ? NULL : arena_strdup(a, PQgetvalue(r, 0, 5));
+    cur->order_id = arena_strdup(a, PQgetvalue(r, row, 7));
+    cur->event_id = arena_strdup(a, PQgetvalue(r, row, 0));
+    cur->provider = arena_strdup(a, PQgetvalue(r, row, 1));
+    cur->status = (enum delivery_status)atoi(PQgetvalue(r, row, 2));
+    cur->occurred_at_us = strtoll(PQgetvalue(r, row, 3), NULL, 10);
+    cur->has_eta = !PQgetisnull(r, row, 4);
+    cur->eta_us = cur->has_eta ? strtoll(PQgetvalue(r, row, 4), NULL, 10) : 0;
+    cur->courier_ref = PQgetisnull(r, row, 5) ? NULL : arena_strdup(a, PQgetvalue(r, row, 5));
     json_error_t err;
-    json_t *events = json_loads(PQgetisnull(r, 0, 6) ? "[]" : PQgetvalue(r, 0, 6), 0, &err);
+    json_t *events =
+        json_loads(PQgetisnull(r, row, 6) ? "[]" : PQgetvalue(r, row, 6), 0, &err);
     out->n_events = json_array_size(events);
     out->events = arena_zalloc(a, (out->n_events ? out->n_events : 1) * sizeof(*out->events));
     for (size_t i = 0; i < out->n_events; i++) {
@@ -49,16 +50,32 @@ static void delivery_from_row(struct arena *a, const PGresult *r, const char *or
     json_decref(events);
 }
 
+/* order_ids as a text[] literal. */
+static const char *text_array(struct arena *a, const char *const *ids, size_t n)
+{
+    struct buf b = {0};
+    buf_puts(&b, "{");
+    for (size_t i = 0; i < n; i++) {
+        buf_puts(&b, i ? ",\"" : "\"");
+        buf_puts(&b, ids[i]); /* order ids are [A-Za-z0-9._:-]: nothing to escape */
+        buf_puts(&b, "\"");
+    }
+    buf_puts(&b, "}");
+    const char *text = arena_strdup(a, b.data);
+    buf_free(&b);
+    return text;
+}
+
 static enum db_status read_delivery(struct db_conn *c, struct arena *a, const char *mid,
                                     const char *order_id, struct db_delivery *out)
 {
-    const char *params[] = {mid, order_id};
+    const char *params[] = {mid, text_array(a, &order_id, 1)};
     PGresult *r = db_exec(c, DB_DELIVERY_GET, params);
     enum db_status st = !db_ok(r, PGRES_TUPLES_OK) ? db_failure(c, r)
                         : PQntuples(r) == 0        ? DB_NOT_FOUND
                                                    : DB_OK;
     if (st == DB_OK)
-        delivery_from_row(a, r, order_id, out);
+        delivery_from_row(a, r, 0, out);
     PQclear(r);
     return st;
 }
@@ -147,19 +164,27 @@ enum db_status db_delivery_record(struct db *db, struct arena *a, int64_t mercha
     return st;
 }
 
-enum db_status db_delivery_get(struct db *db, struct arena *a, int64_t merchant_id,
-                               const char *order_id, uint64_t min_lsn, struct db_delivery *out,
-                               const char **role)
+enum db_status db_deliveries_get(struct db *db, struct arena *a, int64_t merchant_id,
+                                 const char *const *order_ids, size_t n, uint64_t min_lsn,
+                                 struct db_delivery **out, const char **role)
 {
-    const char *mid = arena_sprintf(a, "%lld", (long long)merchant_id);
-    const char *params[] = {mid, order_id};
+    for (size_t i = 0; i < n; i++)
+        out[i] = NULL;
+    if (n == 0)
+        return DB_OK;
+    const char *params[] = {arena_sprintf(a, "%lld", (long long)merchant_id),
+                            text_array(a, order_ids, n)};
     enum db_status st;
     PGresult *r = db_read(db, min_lsn, DB_DELIVERY_GET, params, role, &st);
     if (!r)
         return st;
-    st = PQntuples(r) == 0 ? DB_NOT_FOUND : DB_OK;
-    if (st == DB_OK)
-        delivery_from_row(a, r, order_id, out);
+    for (int row = 0; row < PQntuples(r); row++) {
+        struct db_delivery *d = arena_alloc(a, sizeof(*d));
+        delivery_from_row(a, r, row, d);
+        for (size_t i = 0; i < n; i++)
+            if (!out[i] && strcmp(order_ids[i], d->current.order_id) == 0)
+                out[i] = d;
+    }
     PQclear(r);
-    return st;
+    return DB_OK;
 }

@@ -52,9 +52,10 @@ enum db_status db_delivery_record(struct db *db, struct arena *a, int64_t mercha
                                   const struct db_delivery_event *e,
                                   enum db_delivery_outcome *outcome, struct db_delivery *out,
                                   int64_t *version, uint64_t *lsn);
-/* Reads an order's delivery; DB_NOT_FOUND when it has no event yet. */
-enum db_status db_delivery_get(struct db *db, struct arena *a, int64_t merchant_id,
-                               const char *order_id, uint64_t min_lsn, struct db_delivery *out,
-                               const char **role);
+/* Reads the deliveries of n orders in one query: out[i] is order_ids[i]'s, or NULL when it
+ * has no event yet (arena-owned). */
+enum db_status db_deliveries_get(struct db *db, struct arena *a, int64_t merchant_id,
+                                 const char *const *order_ids, size_t n, uint64_t min_lsn,
+                                 struct db_delivery **out, const char **role);
 
 #endif

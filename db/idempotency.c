@@ -23,15 +23,14 @@ static enum db_status run(struct db *db, enum db_stmt stmt, const char *const *p
 }
 
 enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merchant_id,
-                                    const char *key, const char *hash_hex,
-                                    enum db_idempotency *outcome, unsigned *status,
-                                    const char **body)
+                                    const char *key, enum db_idempotency *outcome,
+                                    const char **hash_hex, unsigned *status, const char **body)
 {
     char mid[24];
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
-    const char *claim[] = {mid, key, hash_hex};
+    const char *params[] = {mid, key};
     PGresult *r = NULL;
-    enum db_status st = run(db, DB_IDEMPOTENCY_CLAIM, claim, PGRES_TUPLES_OK, &r);
+    enum db_status st = run(db, DB_IDEMPOTENCY_CLAIM, params, PGRES_TUPLES_OK, &r);
     if (st != DB_OK)
         return st;
     bool claimed = PQntuples(r) == 1;
@@ -40,23 +39,28 @@ enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merc
         *outcome = IDEMPOTENCY_CLAIMED;
         return DB_OK;
     }
-    const char *get[] = {mid, key};
-    st = run(db, DB_IDEMPOTENCY_GET, get, PGRES_TUPLES_OK, &r);
+    st = run(db, DB_IDEMPOTENCY_GET, params, PGRES_TUPLES_OK, &r);
     if (st != DB_OK)
         return st;
-    if (PQntuples(r) == 0) /* released meanwhile: treat as still running, the client retries */
-        *outcome = IDEMPOTENCY_RUNNING;
-    else if (strcmp(PQgetvalue(r, 0, 0), hash_hex) != 0)
-        *outcome = IDEMPOTENCY_MISMATCH;
-    else if (strcmp(PQgetvalue(r, 0, 1), "1") != 0)
-        *outcome = IDEMPOTENCY_RUNNING;
-    else {
-        *outcome = IDEMPOTENCY_REPLAY;
+    /* Gone meanwhile (released by a failed first request): the client may simply retry. */
+    *outcome = IDEMPOTENCY_RUNNING;
+    if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 1), "1") == 0) {
+        *outcome = IDEMPOTENCY_DONE;
+        *hash_hex = arena_strdup(a, PQgetvalue(r, 0, 0));
         *status = (unsigned)atoi(PQgetvalue(r, 0, 2));
         *body = arena_strdup(a, PQgetvalue(r, 0, 3));
     }
     PQclear(r);
     return DB_OK;
+}
+
+enum db_status db_idempotency_set_hash(struct db *db, int64_t merchant_id, const char *key,
+                                       const char *hash_hex)
+{
+    char mid[24];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    const char *params[] = {mid, key, hash_hex};
+    return run(db, DB_IDEMPOTENCY_SET_HASH, params, PGRES_COMMAND_OK, NULL);
 }
 
 enum db_status db_idempotency_finish(struct db *db, int64_t merchant_id, const char *key,

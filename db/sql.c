@@ -139,16 +139,17 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                          2},
     [DB_ORDER_EXISTS] = {"order_exists",
                          "SELECT 1 FROM order_keys WHERE merchant_id = $1 AND order_id = $2", 2},
-    /* A key is claimed by inserting it; a claim left running for 10 minutes (a crashed
-     * server) may be taken over. */
+    /* A key is claimed (running, body not yet known) by inserting it; a claim left running
+     * for 10 minutes (a crashed server), or any record older than 24 hours, may be taken
+     * over, and then starts afresh. */
     [DB_IDEMPOTENCY_CLAIM] = {"idempotency_claim",
                               "INSERT INTO idempotency_keys AS i (merchant_id, key, request_hash) "
-                              "VALUES ($1, $2, decode($3, 'hex')) ON CONFLICT (merchant_id, key) "
-                              "DO UPDATE SET request_hash = excluded.request_hash, "
-                              "created_at = now() WHERE (i.state = 0 "
+                              "VALUES ($1, $2, '') ON CONFLICT (merchant_id, key) "
+                              "DO UPDATE SET request_hash = '', state = 0, status = NULL, "
+                              "response = NULL, created_at = now() WHERE (i.state = 0 "
                               "AND i.created_at < now() - interval '10 minutes') "
                               "OR i.created_at < now() - interval '24 hours' RETURNING 1",
-                              3},
+                              2},
     [DB_IDEMPOTENCY_GET] = {"idempotency_get",
                             "SELECT encode(request_hash, 'hex'), state, status, response "
                             "FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
@@ -157,6 +158,10 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                "UPDATE idempotency_keys SET state = 1, status = $3, response = $4 "
                                "WHERE merchant_id = $1 AND key = $2",
                                4},
+    [DB_IDEMPOTENCY_SET_HASH] = {"idempotency_set_hash",
+                                 "UPDATE idempotency_keys SET request_hash = decode($3, 'hex') "
+                                 "WHERE merchant_id = $1 AND key = $2 AND state = 0",
+                                 3},
     [DB_IDEMPOTENCY_RELEASE] = {"idempotency_release",
                                 "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 "
                                 "AND state = 0",
@@ -199,8 +204,8 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "(extract(epoch FROM e.occurred_at) * 1000000)::bigint, "
          "(extract(epoch FROM e.eta) * 1000000)::bigint, e.courier_ref) "
          "ORDER BY e.occurred_at, e.received_at, e.provider, e.event_id) "
-         "FROM delivery_events e WHERE e.merchant_id = d.merchant_id AND e.order_id = d.order_id) "
-         "FROM deliveries d WHERE d.merchant_id = $1 AND d.order_id = $2",
+         "FROM delivery_events e WHERE e.merchant_id = d.merchant_id AND e.order_id = d.order_id), "
+         "d.order_id FROM deliveries d WHERE d.merchant_id = $1 AND d.order_id = ANY($2::text[])",
          2},
     /* Customers with PII in a group: each gets a row with a fresh random secret unless it has
      * one (an erased customer keeps its NULL secret). Keys come sorted, so concurrent writers

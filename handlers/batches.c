@@ -48,7 +48,13 @@ struct batch {
     size_t n_rejected, cap_rejected;
     bool too_many;
     const char *key;      /* Idempotency-Key, or NULL */
+    bool key_open;        /* this request holds the key and has not finished or released it */
+    enum db_idempotency key_state;
+    const char *key_hash; /* the first request's body hash, when key_state is DONE */
+    unsigned key_status;
+    const char *key_body;
     char hash_hex[65];    /* SHA-256 of the body */
+    const char *malformed; /* why the body as a whole is not a batch, or NULL */
     size_t accepted, duplicates;
     bool unavailable;
 };
@@ -63,6 +69,10 @@ static int64_t now_us(void)
 static void free_batch(void *p)
 {
     struct batch *b = p;
+    if (b->key_open) { /* ended without an answer of its own (e.g. a body over the limit) */
+        struct h_app *app = b->req->app;
+        db_idempotency_release(app->db, b->req->merchant_id, b->key);
+    }
     batch_stream_free(&b->stream);
     EVP_MD_CTX_free(b->sha);
     for (size_t i = 0; i < b->n_rejected; i++)
@@ -177,6 +187,15 @@ static struct batch *start_batch(struct srv_req *req)
                           st == DB_NOT_FOUND ? "no such merchant" : "the database is unavailable");
         return NULL;
     }
+    /* The key is taken now, not when the body is complete: a second request with it while
+     * this one is still uploading must see it running. */
+    if (b->key && db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key,
+                                       &b->key_state, &b->key_hash, &b->key_status,
+                                       &b->key_body) != DB_OK) {
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
+        return NULL;
+    }
+    b->key_open = b->key && b->key_state == IDEMPOTENCY_CLAIMED;
     return b;
 }
 
@@ -188,7 +207,7 @@ bool h_batches_body(struct srv_req *req, const char *data, size_t size)
     EVP_DigestUpdate(b->sha, data, size);
     if (batch_stream_feed(&b->stream, data, size) || b->too_many)
         return !b->too_many;
-    srv_reply_problem(req, PROBLEM_MALFORMED_JSON, b->stream.error);
+    b->malformed = b->stream.error; /* answered once the body is read, see h_batches_post */
     return false;
 }
 
@@ -256,13 +275,16 @@ static int compare_rejections(const void *pa, const void *pb)
 
 static json_t *batch_result(struct batch *b)
 {
-    qsort(b->rejected, b->n_rejected, sizeof(*b->rejected), compare_rejections);
+    if (b->n_rejected > 1)
+        qsort(b->rejected, b->n_rejected, sizeof(*b->rejected), compare_rejections);
     json_t *rejected = json_array();
     for (size_t i = 0; i < b->n_rejected; i++)
         json_array_append(rejected, b->rejected[i].entry);
     return json_pack("{s:I, s:I, s:o}", "accepted", (json_int_t)b->accepted, "duplicates",
                      (json_int_t)b->duplicates, "rejected", rejected);
 }
+
+static void release_key(struct srv_req *req, struct batch *b);
 
 /* Continuation once the job thread is done. */
 static void reply_stored(struct srv_req *req)
@@ -271,8 +293,7 @@ static void reply_stored(struct srv_req *req)
     struct batch *b = req->handler_state;
     req->log_db = "primary";
     if (b->unavailable) {
-        if (b->key)
-            db_idempotency_release(app->db, req->merchant_id, b->key);
+        release_key(req, b);
         srv_reply_problem(req, PROBLEM_UNAVAILABLE,
                           "the primary database is unavailable; orders stored so far are kept "
                           "and a retry counts them as duplicates");
@@ -282,41 +303,38 @@ static void reply_stored(struct srv_req *req)
     size_t len;
     const char *text = json_to_arena(req->arena, result, &len);
     json_decref(result);
-    if (b->key)
+    if (b->key_open)
         db_idempotency_finish(app->db, req->merchant_id, b->key, 200, text);
+    b->key_open = false;
     srv_reply_bytes(req, 200, "application/json; charset=utf-8", text, len);
 }
 
-/* With an Idempotency-Key: false when the answer is already decided (replay or refusal). */
-static bool claim_key(struct srv_req *req, struct batch *b)
+/* Gives the key up: the request ends without a result a replay could return. */
+static void release_key(struct srv_req *req, struct batch *b)
 {
     struct h_app *app = req->app;
-    enum db_idempotency outcome;
-    unsigned status = 0;
-    const char *body = NULL;
-    enum db_status st = db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key,
-                                             b->hash_hex, &outcome, &status, &body);
-    if (st != DB_OK) {
-        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
+    if (b->key_open)
+        db_idempotency_release(app->db, req->merchant_id, b->key);
+    b->key_open = false;
+}
+
+/* When another request holds or held the key, its state decides the answer: true then. */
+static bool answered_by_key(struct srv_req *req, struct batch *b)
+{
+    if (!b->key || b->key_state == IDEMPOTENCY_CLAIMED)
         return false;
-    }
-    switch (outcome) {
-    case IDEMPOTENCY_CLAIMED:
-        return true;
-    case IDEMPOTENCY_REPLAY:
-        srv_add_header(req, "Idempotent-Replayed", "true");
-        srv_reply_bytes(req, status, "application/json; charset=utf-8", body, strlen(body));
-        return false;
-    case IDEMPOTENCY_RUNNING:
+    if (b->key_state == IDEMPOTENCY_RUNNING)
         srv_reply_problem(req, PROBLEM_IN_PROGRESS,
                           "the first request with this Idempotency-Key is still running");
-        return false;
-    case IDEMPOTENCY_MISMATCH:
+    else if (strcmp(b->key_hash, b->hash_hex) != 0)
         srv_reply_problem(req, PROBLEM_IDEMPOTENCY_MISMATCH,
                           "this Idempotency-Key was used with a different request body");
-        return false;
+    else {
+        srv_add_header(req, "Idempotent-Replayed", "true");
+        srv_reply_bytes(req, b->key_status, "application/json; charset=utf-8", b->key_body,
+                        strlen(b->key_body));
     }
-    return false;
+    return true;
 }
 
 static void finish_hash(struct batch *b)
@@ -336,23 +354,28 @@ void h_batches_post(struct srv_req *req)
         srv_reply_problem(req, PROBLEM_MALFORMED_JSON, "a batch body is required");
         return;
     }
-    if (b->too_many) {
-        srv_reply_problem(req, PROBLEM_PAYLOAD_TOO_LARGE,
-                          "a batch holds at most 10000 orders; nothing was stored");
-        return;
-    }
-    if (!batch_stream_finish(&b->stream)) {
-        srv_reply_problem(req, PROBLEM_MALFORMED_JSON, b->stream.error);
-        return;
-    }
     finish_hash(b);
-    if (b->key && !claim_key(req, b))
+    if (answered_by_key(req, b))
         return;
+    if (b->too_many || b->malformed || !batch_stream_finish(&b->stream)) {
+        release_key(req, b);
+        if (b->too_many)
+            srv_reply_problem(req, PROBLEM_PAYLOAD_TOO_LARGE,
+                              "a batch holds at most 10000 orders; nothing was stored");
+        else
+            srv_reply_problem(req, PROBLEM_MALFORMED_JSON,
+                              b->malformed ? b->malformed : b->stream.error);
+        return;
+    }
+    if (b->key_open && db_idempotency_set_hash(app->db, req->merchant_id, b->key, b->hash_hex) !=
+                           DB_OK) {
+        release_key(req, b);
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
+        return;
+    }
     srv_suspend(req, reply_stored);
     if (!jobs_submit(app->jobs, store_batch, b)) {
-        if (b->key)
-            db_idempotency_release(app->db, req->merchant_id, b->key);
-        b->unavailable = true;
+        b->unavailable = true; /* the continuation releases the key and answers 503 */
         srv_resume(req);
     }
 }

@@ -5,12 +5,15 @@
 #include "cache/cache.h"
 #include "db/customers.h"
 #include "db/merchants.h"
+#include "db/deliveries.h"
 #include "db/orders.h"
 #include "db/writer.h"
+#include "handlers/deliveries.h"
 #include "handlers/order_json.h"
 #include "server/arena.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -65,10 +68,42 @@ static json_t *customer_json(struct srv_req *req, const struct db_order *o, bool
     return st == DB_OK ? order_customer_json(&pii) : st == DB_NOT_FOUND ? json_null() : NULL;
 }
 
+/* Fills "delivery" of the order objects of orders[0..n) (only delivery orders can have one);
+ * false when the database failed. */
+static bool attach_deliveries(struct srv_req *req, json_t *const *bodies,
+                              const struct db_order *orders, size_t n)
+{
+    struct h_app *app = req->app;
+    const char **ids = arena_alloc(req->arena, (n ? n : 1) * sizeof(*ids));
+    size_t *which = arena_alloc(req->arena, (n ? n : 1) * sizeof(*which));
+    size_t wanted = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (orders[i].fulfillment == FULFILLMENT_DELIVERY) {
+            which[wanted] = i;
+            ids[wanted++] = orders[i].order_id;
+        }
+    }
+    if (wanted == 0)
+        return true;
+    struct db_delivery **found = arena_alloc(req->arena, wanted * sizeof(*found));
+    const char *role = NULL;
+    if (db_deliveries_get(app->db, req->arena, req->merchant_id, ids, wanted,
+                          merchant_min_lsn(req), found, &role) != DB_OK)
+        return false;
+    for (size_t k = 0; k < wanted; k++)
+        json_object_set_new(bodies[which[k]], "delivery", delivery_to_json(found[k]));
+    return true;
+}
+
 static void reply_order_as(struct srv_req *req, unsigned status, const struct db_order *o,
                            bool written)
 {
     json_t *body = order_to_json(o);
+    if (!written && !attach_deliveries(req, &body, o, 1)) {
+        json_decref(body);
+        srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
+        return;
+    }
     if (req->principal.scopes & AUTH_SCOPE_PII_READ) {
         json_t *customer = customer_json(req, o, written);
         if (!customer) {
@@ -234,6 +269,18 @@ void h_orders_cancel(struct srv_req *req)
 }
 
 enum { LIST_DEFAULT_LIMIT = 50, LIST_MAX_LIMIT = 500 };
+static const int64_t MAX_PLACED_US = 253402300799999999LL; /* 9999-12-31T23:59:59.999999Z */
+
+/* Plain decimal digits only: no sign, no spaces, no overflow. */
+static bool parse_decimal(const char *s, int64_t *out)
+{
+    if (!*s || strlen(s) > 19 || strspn(s, "0123456789") != strlen(s))
+        return false;
+    errno = 0;
+    long long n = strtoll(s, NULL, 10);
+    *out = n;
+    return errno == 0;
+}
 
 /* The cursor is the hex of "<placed_at µs>:<order_id>" of the last order of a page. */
 static const char *encode_cursor(struct arena *a, const struct db_order *last)
@@ -260,35 +307,49 @@ static bool decode_cursor(struct arena *a, const char *hex, struct db_order_list
         raw[i] = (char)v;
     }
     raw[n / 2] = '\0';
-    char *colon = strchr(raw, ':'), *end;
+    char *colon = strchr(raw, ':');
     if (!colon)
         return false;
     *colon = '\0';
-    q->cursor_placed_us = strtoll(raw, &end, 10);
+    int64_t placed;
     q->cursor_order_id = colon + 1;
-    q->has_cursor = *end == '\0' && end != raw && *q->cursor_order_id;
+    /* A position this server could have issued: an order placed from 1970 to year 9999. */
+    q->has_cursor = parse_decimal(raw, &placed) && placed <= MAX_PLACED_US &&
+                    *q->cursor_order_id;
+    q->cursor_placed_us = placed;
     return q->has_cursor;
+}
+
+/* A query parameter given at most once; a repeated one is an error (never silently ignored). */
+static const char *list_param(struct v_errors *v, struct srv_req *req, const char *name)
+{
+    bool repeated = false;
+    const char *s = srv_query(req, name, &repeated);
+    if (repeated)
+        v_fail(v, name, "must be given at most once");
+    return s;
 }
 
 static void list_bound(struct v_errors *v, struct srv_req *req, const char *name, bool *has,
                        int64_t *us)
 {
-    const char *s = srv_query(req, name, NULL);
+    const char *s = list_param(v, req, name);
     *has = s != NULL;
     if (s && !v_parse_timestamp(s, us))
         v_fail(v, name, "must be an RFC 3339 timestamp with an offset");
 }
 
-static long list_int(struct v_errors *v, struct srv_req *req, const char *name, long def,
-                     long min, long max)
+static int64_t list_int(struct v_errors *v, struct srv_req *req, const char *name, int64_t def,
+                        int64_t min, int64_t max)
 {
-    const char *s = srv_query(req, name, NULL);
+    const char *s = list_param(v, req, name);
+    int64_t n;
     if (!s)
         return def;
-    char *end;
-    long n = strtol(s, &end, 10);
-    if (!*s || *end || n < min || n > max) {
-        v_fail(v, name, arena_sprintf(req->arena, "must be an integer from %ld to %ld", min, max));
+    if (!parse_decimal(s, &n) || n < min || n > max) {
+        v_fail(v, name,
+               arena_sprintf(req->arena, "must be an integer from %lld to %lld", (long long)min,
+                             (long long)max));
         return def;
     }
     return n;
@@ -307,15 +368,15 @@ static bool parse_list_query(struct srv_req *req, struct db_order_list_query *q)
         v_fail(&v, unknown, "unknown query parameter");
     list_bound(&v, req, "from", &q->has_from, &q->from_us);
     list_bound(&v, req, "to", &q->has_to, &q->to_us);
-    q->store_id = list_int(&v, req, "store_id", 0, 1, LONG_MAX);
+    q->store_id = list_int(&v, req, "store_id", 0, 1, INT64_MAX);
     q->limit = (unsigned)list_int(&v, req, "limit", LIST_DEFAULT_LIMIT, 1, LIST_MAX_LIMIT);
-    const char *status = srv_query(req, "status", NULL);
+    const char *status = list_param(&v, req, "status");
     q->status = !status ? -1 : strcmp(status, "placed") == 0 ? ORDER_PLACED
                              : strcmp(status, "cancelled") == 0 ? ORDER_CANCELLED
                                                                 : -2;
     if (q->status == -2)
         v_fail(&v, "status", "must be placed or cancelled");
-    const char *cursor = srv_query(req, "cursor", NULL);
+    const char *cursor = list_param(&v, req, "cursor");
     if (cursor && !decode_cursor(req->arena, cursor, q))
         v_fail(&v, "cursor", "is not a cursor this server issued");
     if (v_ok(&v))
@@ -339,12 +400,22 @@ void h_orders_list(struct srv_req *req)
         db_order_list(app->db, req->arena, &q, merchant_min_lsn(req), &orders, &n, &role);
     req->log_db = role;
     if (st != DB_OK) {
+        srv_reply_problem(req, st == DB_UNAVAILABLE ? PROBLEM_UNAVAILABLE : PROBLEM_INTERNAL,
+                          st == DB_UNAVAILABLE ? "the database is unavailable" : NULL);
+        return;
+    }
+    size_t shown = n < page ? n : page;
+    json_t **bodies = arena_alloc(req->arena, (shown ? shown : 1) * sizeof(*bodies));
+    json_t *list = json_array();
+    for (size_t i = 0; i < shown; i++) {
+        bodies[i] = order_to_json(&orders[i]);
+        json_array_append_new(list, bodies[i]);
+    }
+    if (!attach_deliveries(req, bodies, orders, shown)) {
+        json_decref(list);
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
-    json_t *list = json_array();
-    for (size_t i = 0; i < n && i < page; i++)
-        json_array_append_new(list, order_to_json(&orders[i]));
     json_t *next = n > page ? json_string(encode_cursor(req->arena, &orders[page - 1]))
                             : json_null();
     srv_reply_json(req, 200, json_pack("{s:o, s:o}", "orders", list, "next_cursor", next));
