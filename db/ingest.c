@@ -8,6 +8,7 @@
 #include "server/log.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,9 @@ enum { ROLLUP_GRAIN_S = 15 * 60, MONTHS_KNOWN = 12 * 400 };
 /* Months (since 1970-01) whose partitions this process has made sure of. */
 static unsigned char months_ready[MONTHS_KNOWN];
 static pthread_mutex_t months_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Set when an insert found no partition for its row: a partition this process knew of was
+ * dropped (retention) behind its back. */
+static atomic_bool partition_missing;
 
 /* ---- PostgreSQL array literals ---- */
 
@@ -450,8 +454,11 @@ static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_st
     if (!r)
         return true;
     bool ok = db_ok(r, want);
-    if (!ok)
+    if (!ok) {
+        if (strcmp(db_sqlstate(r), "23514") == 0) /* no partition of relation found for row */
+            atomic_store(&partition_missing, true);
         *failed = db_failure(t->c, r);
+    }
     PQclear(r);
     return ok;
 }
@@ -698,6 +705,34 @@ static void ingest_group(struct db_conn *c, struct db_order **orders, size_t n,
     ingest_group(c, orders + n / 2, n - n / 2, results + n / 2, commit);
 }
 
+/* Forgets which partitions exist and tries the orders that failed once more. */
+static void retry_without_partitions(struct db_conn *c, struct db_order **orders, size_t n,
+                                     enum db_ingest_result *results,
+                                     struct db_ingest_commit *commit)
+{
+    pthread_mutex_lock(&months_lock);
+    memset(months_ready, 0, sizeof(months_ready));
+    pthread_mutex_unlock(&months_lock);
+    struct db_order **failed = xmalloc(n * sizeof(*failed));
+    size_t *where = xmalloc(n * sizeof(*where));
+    enum db_ingest_result *again = xmalloc(n * sizeof(*again));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] == INGEST_FAILED) {
+            where[k] = i;
+            failed[k++] = orders[i];
+        }
+    }
+    if (k && ensure_partitions(c, failed, k)) {
+        ingest_group(c, failed, k, again, commit);
+        for (size_t j = 0; j < k; j++)
+            results[where[j]] = again[j];
+    }
+    free(failed);
+    free(where);
+    free(again);
+}
+
 static uint64_t current_lsn(struct db_conn *c)
 {
     PGresult *r = db_exec(c, DB_WAL_LSN, NULL);
@@ -720,6 +755,8 @@ void db_ingest(struct db *db, struct db_conn *c, struct db_order **orders, size_
     }
     size_t before = commit->n_merchants;
     ingest_group(c, orders, n, results, commit);
+    if (atomic_exchange(&partition_missing, false))
+        retry_without_partitions(c, orders, n, results, commit);
     if (commit->n_merchants == before)
         return;
     uint64_t lsn = current_lsn(c);

@@ -37,7 +37,7 @@ struct rejection {
 struct batch {
     struct srv_req *req;
     struct db_merchant merchant;
-    int64_t now_us;
+    struct order_rules rules;
     struct batch_stream stream;
     EVP_MD_CTX *sha;
     size_t count; /* orders seen */
@@ -135,7 +135,7 @@ static bool take_order(void *ud, const char *data, size_t len, bool too_large)
     struct arena *scratch = arena_new();
     struct v_errors v = {.arena = scratch};
     struct db_order o;
-    if (order_from_json(&v, obj, "", b->req->merchant_id, b->merchant.currency, b->now_us, &o))
+    if (order_from_json(&v, obj, "", &b->rules, &o))
         keep_order(b, index, &o);
     else
         reject(b, index, json_string_value(json_object_get(obj, "order_id")) && o.order_id
@@ -165,7 +165,6 @@ static struct batch *start_batch(struct srv_req *req)
     struct h_app *app = req->app;
     struct batch *b = arena_zalloc(req->arena, sizeof(*b));
     b->req = req;
-    b->now_us = now_us();
     b->sha = EVP_MD_CTX_new();
     EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL);
     arena_defer(req->arena, free_batch, b);
@@ -187,6 +186,8 @@ static struct batch *start_batch(struct srv_req *req)
                           st == DB_NOT_FOUND ? "no such merchant" : "the database is unavailable");
         return NULL;
     }
+    b->rules = order_rules_for(req->merchant_id, b->merchant.currency, now_us(),
+                               app->retention_months);
     /* The key is taken now, not when the body is complete: a second request with it while
      * this one is still uploading must see it running. */
     if (b->key && db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key,

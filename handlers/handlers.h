@@ -17,6 +17,7 @@ struct h_app {
     struct cache *cache;
     struct db_writer *writer;
     struct jobs *jobs; /* threads for batch uploads */
+    unsigned retention_months; /* raw orders kept this long; 0: forever */
 };
 
 /* The OpenAPI document as JSON, generated at build time from openapi/openapi.yaml. */

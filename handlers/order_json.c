@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum {
     ORDER_ID_MAX = 64,
@@ -120,7 +121,7 @@ static void parse_order_id(struct v_errors *v, const json_t *obj, const char *pr
 }
 
 static void parse_placed_at(struct v_errors *v, const json_t *obj, const char *prefix,
-                            int64_t now_us, struct db_order *o)
+                            const struct order_rules *rules, struct db_order *o)
 {
     const char *s = v_string(v, obj, prefix, "placed_at", 64);
     if (!s)
@@ -130,7 +131,10 @@ static void parse_placed_at(struct v_errors *v, const json_t *obj, const char *p
                "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-21T12:31:07+01:00");
     else if (o->placed_at_us < 0)
         v_fail(v, path(v, prefix, "placed_at"), "must not be before 1970-01-01T00:00:00Z");
-    else if (o->placed_at_us > now_us + ORDER_MAX_FUTURE_US)
+    else if (o->placed_at_us < rules->oldest_us)
+        v_fail(v, path(v, prefix, "placed_at"),
+               "is older than the retention period of raw orders");
+    else if (o->placed_at_us > rules->now_us + ORDER_MAX_FUTURE_US)
         v_fail(v, path(v, prefix, "placed_at"), "must not be more than 5 minutes in the future");
 }
 
@@ -293,16 +297,30 @@ static void hash_order(struct db_order *o)
     json_decref(canon);
 }
 
+struct order_rules order_rules_for(int64_t merchant_id, const char *currency, int64_t now_us,
+                                   unsigned retention_months)
+{
+    struct order_rules r = {merchant_id, currency, now_us, 0};
+    if (retention_months == 0)
+        return r;
+    time_t now = (time_t)(now_us / 1000000);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    int months = tm.tm_year * 12 + tm.tm_mon - (int)retention_months;
+    struct tm first = {.tm_year = months / 12, .tm_mon = months % 12, .tm_mday = 1};
+    r.oldest_us = (int64_t)timegm(&first) * 1000000;
+    return r;
+}
+
 bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
-                     int64_t merchant_id, const char *merchant_currency, int64_t now_us,
-                     struct db_order *o)
+                     const struct order_rules *rules, struct db_order *o)
 {
     static const char *const fields[] = {
         "order_id",      "store_id",  "channel",     "fulfillment", "placed_at", "currency",
         "items",         "discount_cents", "tax_cents", "total_cents", "promo_code", "customer",
         NULL};
     memset(o, 0, sizeof(*o));
-    o->merchant_id = merchant_id;
+    o->merchant_id = rules->merchant_id;
     o->status = ORDER_PLACED;
     v_no_unknown_fields(v, obj, prefix, fields);
     parse_order_id(v, obj, prefix, o);
@@ -310,8 +328,8 @@ bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
     int channel = enum_field(v, obj, prefix, "channel", channel_names, CHANNEL_COUNT_);
     int fulfillment =
         enum_field(v, obj, prefix, "fulfillment", fulfillment_names, FULFILLMENT_COUNT_);
-    parse_placed_at(v, obj, prefix, now_us, o);
-    parse_currency(v, obj, prefix, merchant_currency, o);
+    parse_placed_at(v, obj, prefix, rules, o);
+    parse_currency(v, obj, prefix, rules->currency, o);
     parse_items(v, obj, prefix, o);
     bool amounts_ok =
         int_field(v, obj, prefix, "discount_cents", false, 0, 0, MAX_AMOUNT_CENTS,

@@ -15,6 +15,14 @@ enum {
     ORDER_MAX_FUTURE_US = 5LL * 60 * 1000000, /* placed_at at most 5 minutes ahead */
 };
 
+/* What an order is checked against besides its own content. */
+struct order_rules {
+    int64_t merchant_id;
+    const char *currency; /* the merchant's */
+    int64_t now_us;
+    int64_t oldest_us; /* placed_at before this is refused (raw orders are kept that long) */
+};
+
 /* Names of channels and fulfillments as the API spells them. */
 const char *order_channel_name(enum order_channel c);
 const char *order_fulfillment_name(enum order_fulfillment f);
@@ -23,8 +31,11 @@ const char *order_fulfillment_name(enum order_fulfillment f);
  * content hash (which covers the customer's PII through a keyed MAC: see server/crypto.h).
  * False when anything failed. */
 bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
-                     int64_t merchant_id, const char *merchant_currency, int64_t now_us,
-                     struct db_order *out);
+                     const struct order_rules *rules, struct db_order *out);
+/* The rules for a merchant now: oldest placed_at from a retention of retention_months whole
+ * months before this one (0: keep forever, anything from 1970 on). */
+struct order_rules order_rules_for(int64_t merchant_id, const char *currency, int64_t now_us,
+                                   unsigned retention_months);
 /* The API's order object (customer PII is never included here). */
 json_t *order_to_json(const struct db_order *o);
 /* The API's "customer" value for pii:read tokens: {name, email, phone, address} (null where

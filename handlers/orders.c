@@ -192,7 +192,9 @@ void h_orders_post(struct srv_req *req)
         return;
     struct pending_order *p = arena_zalloc(req->arena, sizeof(*p));
     struct v_errors v = {.arena = req->arena};
-    if (!order_from_json(&v, body, "", req->merchant_id, m.currency, now_us(), &p->order)) {
+    struct order_rules rules =
+        order_rules_for(req->merchant_id, m.currency, now_us(), app->retention_months);
+    if (!order_from_json(&v, body, "", &rules, &p->order)) {
         srv_reply_validation(req, v.list);
         return;
     }

@@ -44,6 +44,9 @@
       "orders committed in one transaction at most")                                               \
     X(writer_max_wait_us, INT, "WRITER_MAX_WAIT_US", "0", 0, 100000,                               \
       "how long a writer waits for more orders before committing; 0 takes what is queued")        \
+    X(order_retention_months, INT, "ORDER_RETENTION_MONTHS", "0", 0, 1200,                          \
+      "raw orders are kept this many whole months before the current one (older ones are "         \
+      "refused, and `cangrejo retention` drops them); rollups are kept; 0 means forever")         \
     X(redis_url, STR, "REDIS_URL", "", 0, 0,                                                       \
       "Redis cache, redis://host:port/db; empty means no cache")                                   \
     X(redis_timeout_ms, INT, "REDIS_TIMEOUT_MS", "50", 1, 10000,                                   \

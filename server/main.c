@@ -2,6 +2,7 @@
 #include "cache/cache.h"
 #include "db/migrate.h"
 #include "db/pool.h"
+#include "db/retention.h"
 #include "db/writer.h"
 #include "handlers/handlers.h"
 #include "server/alloc.h"
@@ -85,6 +86,8 @@ static void print_usage(FILE *out)
             "               --seed N          random seed (default 42)\n"
             "               --days N          days of history up to now (default 42)\n"
             "               --orders-per-day N  per store on a weekday (default 60)\n"
+            "  retention  drop raw orders older than ORDER_RETENTION_MONTHS (rollups are kept);\n"
+            "             run it daily (a CronJob); safe to run from several places at once\n"
             "  version    print the version\n"
             "  help       print this help\n\n");
     config_print_help(out);
@@ -130,6 +133,31 @@ static int cmd_migrate(void)
             log_info("schema at version %d (%d migration(s) applied)",
                      db_schema_version_expected(), applied);
         }
+    }
+    config_free(&cfg);
+    return rc;
+}
+
+static int cmd_retention(void)
+{
+    struct config cfg;
+    if (!load_config(&cfg))
+        return 2;
+    int rc = 2;
+    char err[512];
+    if (!cfg.database_url || !*cfg.database_url)
+        fprintf(stderr, "cangrejo retention: DATABASE_URL is required\n");
+    else if (cfg.order_retention_months == 0)
+        fprintf(stderr, "cangrejo retention: ORDER_RETENTION_MONTHS is 0 (keep forever)\n");
+    else {
+        int dropped = db_apply_retention(cfg.database_url, (unsigned)cfg.order_retention_months,
+                                         err, sizeof(err));
+        rc = dropped < 0 ? 1 : 0;
+        if (dropped < 0)
+            fprintf(stderr, "cangrejo retention: %s\n", err);
+        else
+            log_info("retention: kept %ld months of raw orders, dropped %d partitions",
+                     cfg.order_retention_months, dropped);
     }
     config_free(&cfg);
     return rc;
@@ -278,6 +306,7 @@ static bool open_dependencies(struct serve_state *st)
     st->app.writer = st->writer;
     st->jobs = jobs_start(BATCH_THREADS, BATCH_QUEUE);
     st->app.jobs = st->jobs;
+    st->app.retention_months = (unsigned)cfg->order_retention_months;
     return true;
 }
 
@@ -393,6 +422,8 @@ int main(int argc, char **argv)
         return cmd_serve();
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate();
+    if (strcmp(cmd, "retention") == 0)
+        return cmd_retention();
     if (strcmp(cmd, "seed") == 0)
         return cmd_seed(argc - 1, argv + 1);
     if (strcmp(cmd, "token") == 0)

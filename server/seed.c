@@ -201,7 +201,9 @@ static bool seed_merchant(struct db *db, const struct demo_merchant *m,
                 json_t *j = demo_order(&rng, m, s, placed, ++serial);
                 struct db_order *o = arena_alloc(a, sizeof(*o));
                 struct v_errors v = {.arena = a};
-                if (order_from_json(&v, j, "", m->id, m->currency, (int64_t)now * 1000000, o))
+                struct order_rules rules =
+                    order_rules_for(m->id, m->currency, (int64_t)now * 1000000, 0);
+                if (order_from_json(&v, j, "", &rules, o))
                     batch[n++] = o;
                 json_decref(v.list);
                 json_arena_own(a, j); /* o points into j until the chunk is stored */
