@@ -196,54 +196,6 @@ bool cache_ping(struct cache *c, double *latency_ms)
     return ok;
 }
 
-enum cache_result cache_get(struct cache *c, const char *key, struct arena *a, char **value,
-                            size_t *len)
-{
-    if (!cache_enabled(c))
-        return CACHE_DISABLED;
-    redisContext *ctx = thread_context(c);
-    if (!ctx)
-        return CACHE_ERROR;
-    redisReply *r = redisCommand(ctx, "GET %s", key);
-    if (!r) {
-        drop_context(c);
-        return CACHE_ERROR;
-    }
-    enum cache_result res = CACHE_ERROR;
-    if (r->type == REDIS_REPLY_STRING) {
-        *value = arena_strndup(a, r->str, r->len);
-        *len = r->len;
-        res = CACHE_HIT;
-        atomic_fetch_add(&c->hits, 1);
-    } else if (r->type == REDIS_REPLY_NIL) {
-        res = CACHE_MISS;
-        atomic_fetch_add(&c->misses, 1);
-    } else {
-        atomic_fetch_add(&c->errors, 1);
-    }
-    freeReplyObject(r);
-    return res;
-}
-
-bool cache_set(struct cache *c, const char *key, const char *value, size_t len, unsigned ttl_s)
-{
-    if (!cache_enabled(c))
-        return false;
-    redisContext *ctx = thread_context(c);
-    if (!ctx)
-        return false;
-    redisReply *r = redisCommand(ctx, "SET %s %b EX %u", key, value, len, ttl_s);
-    if (!r) {
-        drop_context(c);
-        return false;
-    }
-    bool ok = r->type == REDIS_REPLY_STATUS;
-    if (!ok)
-        atomic_fetch_add(&c->errors, 1);
-    freeReplyObject(r);
-    return ok;
-}
-
 /* Per merchant, two kinds of keys: cgj:s:{merchant} = "<version> <lsn>" (kept a day), and
  * one cgj:q:{merchant}:{field} = "<version> <etag> <body>" per cached response (kept ttl_s),
  * so every entry expires on its own and a reader needs one MGET. */

@@ -23,11 +23,6 @@ void cache_free(struct cache *c);
 bool cache_enabled(const struct cache *c);
 /* PING; true when Redis answered, with the round trip time. */
 bool cache_ping(struct cache *c, double *latency_ms);
-/* GET key into arena memory. */
-enum cache_result cache_get(struct cache *c, const char *key, struct arena *a, char **value,
-                            size_t *len);
-/* SET key value EX ttl_s; false on failure (already counted). */
-bool cache_set(struct cache *c, const char *key, const char *value, size_t len, unsigned ttl_s);
 /* A cached response: its ETag and body (arena-owned on reads). */
 struct cache_entry {
     const char *etag;

@@ -430,11 +430,6 @@ PGresult *db_read(struct db *db, uint64_t min_lsn, enum db_stmt stmt, const char
     return NULL;
 }
 
-struct db_conn *db_acquire_read(struct db *db, const char **role)
-{
-    return db_acquire_read_at(db, 0, role);
-}
-
 uint64_t db_parse_lsn(const char *text)
 {
     unsigned long hi, lo;

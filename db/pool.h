@@ -33,11 +33,9 @@ struct db *db_open(const struct db_options *opt, char *err, size_t errlen);
 void db_close(struct db *db);
 /* A primary connection, or NULL when none came free in time or the primary is down. */
 struct db_conn *db_acquire_primary(struct db *db);
-/* A replica connection by round robin over healthy replicas, else the primary; *role says
- * which ("replica" or "primary"). NULL when nothing is reachable. */
-struct db_conn *db_acquire_read(struct db *db, const char **role);
-/* Like db_acquire_read, but only from a replica that has replayed the primary's WAL up to
- * min_lsn (0: any); else the primary. Read-your-writes after a commit at min_lsn. */
+/* A connection for reads: round robin over healthy replicas (skipping laggards) that have
+ * replayed the primary's WAL up to min_lsn (0: any), else the primary; *role tells which
+ * ("replica" or "primary"). Read-your-writes after a commit at min_lsn. */
 struct db_conn *db_acquire_read_at(struct db *db, uint64_t min_lsn, const char **role);
 /* Runs a read-only statement where db_acquire_read_at would, and once more on the primary
  * when the replica fails under it (it may have just gone away). Returns the result (PQclear
