@@ -759,15 +759,15 @@ struct srv *srv_start(const struct srv_options *opt, const struct srv_route *rou
     };
     struct MHD_OptionItem no_opts[] = {{MHD_OPTION_END, 0, NULL}};
     s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, opt->threads, MHD_OPTION_CONNECTION_LIMIT,
-        opt->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, opt->max_connections_per_ip,
-        MHD_OPTION_CONNECTION_TIMEOUT, opt->connection_timeout_s,
+        flags, 0, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, opt->threads,
+        MHD_OPTION_CONNECTION_LIMIT, opt->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        opt->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT, opt->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_LIMIT,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_URI_LOG_CALLBACK, on_request_line, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        s, MHD_OPTION_UNESCAPE_CALLBACK, keep_url_escaped, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_error, s, MHD_OPTION_ARRAY, opt->tls_cert_pem ? tls_opts : no_opts, MHD_OPTION_END);
+        s, MHD_OPTION_UNESCAPE_CALLBACK, keep_url_escaped, s, MHD_OPTION_ARRAY,
+        opt->tls_cert_pem ? tls_opts : no_opts, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%s (address in use, or bad TLS files?)",
                  opt->host, opt->port);
