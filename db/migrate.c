@@ -2,6 +2,8 @@
 
 #include "server/log.h"
 
+#include "db/pool.h"
+
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,14 +95,9 @@ static int migrate_locked(PGconn *pg, char *err, size_t errlen)
 
 int db_migrate(const char *url, char *err, size_t errlen)
 {
-    PGconn *pg = PQconnectdb(url);
-    if (PQstatus(pg) != CONNECTION_OK) {
-        snprintf(err, errlen, "cannot connect to DATABASE_URL: %s", PQerrorMessage(pg));
-        err[strcspn(err, "\n")] = '\0';
-        PQfinish(pg);
+    PGconn *pg = db_connect_direct(url, err, errlen);
+    if (!pg)
         return -1;
-    }
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
     int applied = -1;
     if (exec_ok(pg, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")", err, errlen,
                 "taking the migration lock")) {

@@ -347,6 +347,19 @@ static void stop_monitor(struct db *db)
     pthread_cond_destroy(&db->monitor_wake);
 }
 
+PGconn *db_connect_direct(const char *url, char *err, size_t errlen)
+{
+    PGconn *pg = PQconnectdb(url);
+    if (PQstatus(pg) == CONNECTION_OK) {
+        PQclear(PQexec(pg, "SET client_min_messages = warning"));
+        return pg;
+    }
+    snprintf(err, errlen, "cannot connect to DATABASE_URL: %s", PQerrorMessage(pg));
+    err[strcspn(err, "\n")] = '\0';
+    PQfinish(pg);
+    return NULL;
+}
+
 struct db *db_open(const struct db_options *opt, char *err, size_t errlen)
 {
     struct db *db = xcalloc(1, sizeof(*db));

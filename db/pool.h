@@ -27,6 +27,8 @@ struct db_options {
 struct db;
 struct db_conn;
 
+/* One connection outside any pool, for commands (migrate, retention); NULL with a message. */
+PGconn *db_connect_direct(const char *url, char *err, size_t errlen);
 /* Sets up the pools (connections open lazily); NULL with a message on bad URLs. */
 struct db *db_open(const struct db_options *opt, char *err, size_t errlen);
 /* Closes every connection and frees the pools. */

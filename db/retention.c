@@ -1,5 +1,7 @@
 #include "retention.h"
 
+#include "db/pool.h"
+
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,13 +9,9 @@
 
 int db_apply_retention(const char *url, unsigned keep_months, char *err, size_t errlen)
 {
-    PGconn *pg = PQconnectdb(url);
-    if (PQstatus(pg) != CONNECTION_OK) {
-        snprintf(err, errlen, "cannot connect to DATABASE_URL: %s", PQerrorMessage(pg));
-        err[strcspn(err, "\n")] = '\0';
-        PQfinish(pg);
+    PGconn *pg = db_connect_direct(url, err, errlen);
+    if (!pg)
         return -1;
-    }
     char months[16];
     snprintf(months, sizeof(months), "%u", keep_months);
     const char *params[] = {months};

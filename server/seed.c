@@ -1,5 +1,6 @@
 #include "seed.h"
 
+#include "db/deliveries.h"
 #include "db/ingest.h"
 #include "db/merchants.h"
 #include "db/pool.h"
@@ -15,7 +16,10 @@
 #include <string.h>
 #include <time.h>
 
-enum { SEED_CHUNK = 1000 };
+enum {
+    SEED_CHUNK = 1000,
+    DELIVERY_HISTORY_S = 2 * 86400, /* delivery orders of the last two days get courier events */
+};
 
 struct seed_options {
     unsigned long long seed;
@@ -141,6 +145,44 @@ static json_t *demo_order(unsigned long long *rng, const struct demo_merchant *m
     return o;
 }
 
+/* Couriers' events for a recent delivery order: assigned, picked up, then delivered (or, now
+ * and then, failed), minutes after it was placed; derived from the order id, so repeatable. */
+static bool seed_delivery_events(struct db *db, const struct db_order *o)
+{
+    unsigned long long rng = 0;
+    for (const char *p = o->order_id; *p; p++)
+        rng = rng * 131 + (unsigned char)*p;
+    static const char *const providers[] = {"glovo", "ubereats", "deliveroo"};
+    const char *provider = providers[random_below(&rng, 3)];
+    bool fails = random_below(&rng, 100) < 5;
+    int64_t minute = 60 * 1000000LL, t = o->placed_at_us;
+    const struct {
+        enum delivery_status status;
+        int64_t after;
+    } steps[] = {{DELIVERY_ASSIGNED, 2 + random_below(&rng, 4)},
+                 {DELIVERY_PICKED_UP, 12 + random_below(&rng, 10)},
+                 {fails ? DELIVERY_FAILED : DELIVERY_DELIVERED, 28 + random_below(&rng, 25)}};
+    int64_t now = (int64_t)time(NULL) * 1000000;
+    bool ok = true;
+    for (size_t k = 0; k < 3 && ok && t + steps[k].after * minute <= now; k++) {
+        struct arena *a = arena_new();
+        struct db_delivery_event e = {.event_id = arena_sprintf(a, "%s-%zu", o->order_id, k),
+                                      .provider = provider,
+                                      .order_id = o->order_id,
+                                      .status = steps[k].status,
+                                      .occurred_at_us = t + steps[k].after * minute,
+                                      .courier_ref = arena_sprintf(a, "courier-%d",
+                                                                   random_below(&rng, 40))};
+        enum db_delivery_outcome outcome;
+        struct db_delivery d;
+        int64_t version;
+        uint64_t lsn;
+        ok = db_delivery_record(db, a, o->merchant_id, &e, &outcome, &d, &version, &lsn) == DB_OK;
+        arena_free(a);
+    }
+    return ok;
+}
+
 /* Stores the orders gathered so far in one ingest call; false when the database fails. */
 static bool flush_orders(struct db *db, struct db_order **orders, size_t *n, long *stored)
 {
@@ -154,9 +196,13 @@ static bool flush_orders(struct db *db, struct db_order **orders, size_t *n, lon
         db_ingest(db, c, orders, *n, results, &commit);
         db_release(c);
     }
+    int64_t recent = ((int64_t)time(NULL) - DELIVERY_HISTORY_S) * 1000000;
     for (size_t i = 0; i < *n && ok; i++) {
         ok = results[i] == INGEST_INSERTED || results[i] == INGEST_DUPLICATE;
         *stored += results[i] == INGEST_INSERTED;
+        if (ok && results[i] == INGEST_INSERTED && orders[i]->placed_at_us >= recent &&
+            orders[i]->fulfillment == FULFILLMENT_DELIVERY)
+            ok = seed_delivery_events(db, orders[i]);
     }
     db_ingest_commit_free(&commit);
     free(results);
