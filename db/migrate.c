@@ -1,8 +1,7 @@
 #include "migrate.h"
 
-#include "server/log.h"
-
 #include "db/pool.h"
+#include "server/log.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
