@@ -47,7 +47,7 @@ bool db_allocate_net(int64_t net, const int64_t *gross, size_t n, int64_t *share
     struct remainder *rem = xmalloc((n ? n : 1) * sizeof(*rem));
     int64_t left = net;
     for (size_t i = 0; i < n; i++) {
-        wide exact = (wide)net * gross[i]; /* < 2^126: no overflow */
+        wide exact = (wide)net * gross[i];   /* < 2^126: no overflow */
         share[i] = (int64_t)(exact / total); /* <= net */
         rem[i] = (struct remainder){(int64_t)(exact % total), i};
         left -= share[i];
