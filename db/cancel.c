@@ -1,5 +1,7 @@
 /* Cancellation: placed → cancelled exactly once, with the rollups taking the order back. */
+#include "db/ingest.h"
 #include "db/orders.h"
+#include "server/alloc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,44 @@ static PGresult *take_back_rollup(struct db_conn *c, int64_t merchant_id, const 
     for (int k = 0; k < 6; k++) /* items_sold, gross, discount, net, tax, total */
         params[7 + k] = one(p[7 + k], 32, -strtoll(PQgetvalue(row, 0, 4 + k), NULL, 10));
     return db_exec(c, DB_INGEST_ROLLUP, params);
+}
+
+/* Takes the cancelled order's items and promo code (row: the columns of DB_ORDER_CANCEL) out
+ * of the product and promotion rollups. */
+static enum db_status take_back_items(struct db_conn *c, int64_t merchant_id, const char *order_id,
+                                      const PGresult *row)
+{
+    char mid[24];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    const char *params[] = {mid, PQgetvalue(row, 0, 0) /* placed_at, microseconds */, order_id};
+    PGresult *items = db_exec(c, DB_ORDER_CANCEL_ITEMS, params);
+    if (!db_ok(items, PGRES_TUPLES_OK)) {
+        enum db_status st = db_failure(c, items);
+        PQclear(items);
+        return st;
+    }
+    size_t n = (size_t)PQntuples(items);
+    struct db_item *lines = xcalloc(n ? n : 1, sizeof(*lines));
+    for (size_t i = 0; i < n; i++)
+        lines[i] =
+            (struct db_item){.sku = PQgetvalue(items, (int)i, 0),
+                             .quantity = strtoll(PQgetvalue(items, (int)i, 1), NULL, 10),
+                             .unit_price_cents = strtoll(PQgetvalue(items, (int)i, 2), NULL, 10)};
+    struct db_order order = {
+        .merchant_id = merchant_id,
+        .order_id = order_id,
+        .placed_at_us = strtoll(PQgetvalue(row, 0, 0), NULL, 10),
+        .items = lines,
+        .n_items = n,
+        .discount_cents = strtoll(PQgetvalue(row, 0, 6), NULL, 10),
+        .net_cents = strtoll(PQgetvalue(row, 0, 7), NULL, 10),
+        .promo_code = PQgetisnull(row, 0, 10) ? NULL : PQgetvalue(row, 0, 10),
+    };
+    struct db_order *orders[] = {&order};
+    enum db_status st = db_ingest_item_rollups(c, orders, 1, -1);
+    free(lines);
+    PQclear(items);
+    return st;
 }
 
 static enum db_status fail(struct db_conn *c, PGresult *r)
@@ -69,10 +109,17 @@ static enum db_status cancel_on(struct db_conn *c, int64_t merchant_id, const ch
         return st;
     }
     r = take_back_rollup(c, merchant_id, row);
-    PQclear(row);
-    if (!db_ok(r, PGRES_COMMAND_OK))
+    if (!db_ok(r, PGRES_COMMAND_OK)) {
+        PQclear(row);
         return fail(c, r);
+    }
     PQclear(r);
+    enum db_status taken = take_back_items(c, merchant_id, order_id, row);
+    PQclear(row);
+    if (taken != DB_OK) {
+        PQclear(db_exec_simple(c, "ROLLBACK"));
+        return taken;
+    }
     const char *bump[] = {one(ids, sizeof(ids), merchant_id)};
     r = db_exec(c, DB_INGEST_BUMP, bump);
     if (!db_ok(r, PGRES_TUPLES_OK) || PQntuples(r) != 1)

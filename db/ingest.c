@@ -1,5 +1,6 @@
 #include "ingest.h"
 
+#include "db/allocation.h"
 #include "db/customers.h"
 #include "server/alloc.h"
 #include "server/arena.h"
@@ -463,6 +464,274 @@ static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_st
     return ok;
 }
 
+/* ---- product and promotion rollups ---- */
+
+static int64_t bucket_of(int64_t placed_at_us)
+{
+    return floor_div(placed_at_us, 1000000LL * ROLLUP_GRAIN_S) * ROLLUP_GRAIN_S;
+}
+
+static int compare_merchant_bucket(int64_t ma, int64_t ba, int64_t mb, int64_t bb)
+{
+    if (ma != mb)
+        return ma < mb ? -1 : 1;
+    return (ba > bb) - (ba < bb);
+}
+
+/* One product rollup delta: (merchant, bucket, sku), then the figures. */
+struct product_delta {
+    int64_t merchant_id, bucket_s;
+    const char *sku;
+    int64_t quantity, net_cents;
+};
+
+static int compare_product_delta(const void *pa, const void *pb)
+{
+    const struct product_delta *a = pa, *b = pb;
+    int c = compare_merchant_bucket(a->merchant_id, a->bucket_s, b->merchant_id, b->bucket_s);
+    return c ? c : strcmp(a->sku, b->sku);
+}
+
+/* One promotion rollup delta: (merchant, bucket, code), then the figures. */
+struct promo_delta {
+    int64_t merchant_id, bucket_s;
+    const char *code;
+    int64_t orders, discount_cents, net_cents;
+};
+
+static int compare_promo_delta(const void *pa, const void *pb)
+{
+    const struct promo_delta *a = pa, *b = pb;
+    int c = compare_merchant_bucket(a->merchant_id, a->bucket_s, b->merchant_id, b->bucket_s);
+    return c ? c : strcmp(a->code, b->code);
+}
+
+/* Sorts deltas by key and merges those with equal keys (add adds b's figures to a); returns
+ * how many are left. Upserted in this order, rows are locked in one order by every writer. */
+static size_t merge_sorted(void *base, size_t n, size_t size,
+                           int (*compare)(const void *, const void *),
+                           void (*add)(void *a, const void *b))
+{
+    char *d = base;
+    qsort(d, n, size, compare);
+    size_t merged = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (merged > 0 && compare(d + (merged - 1) * size, d + i * size) == 0)
+            add(d + (merged - 1) * size, d + i * size);
+        else if (merged++ != i)
+            memcpy(d + (merged - 1) * size, d + i * size, size);
+    }
+    return merged;
+}
+
+static void add_product(void *pa, const void *pb)
+{
+    struct product_delta *a = pa;
+    const struct product_delta *b = pb;
+    a->quantity += b->quantity;
+    a->net_cents += b->net_cents;
+}
+
+static void add_promo(void *pa, const void *pb)
+{
+    struct promo_delta *a = pa;
+    const struct promo_delta *b = pb;
+    a->orders += b->orders;
+    a->discount_cents += b->discount_cents;
+    a->net_cents += b->net_cents;
+}
+
+/* Every item of orders[0..n) as a delta (its net: the order's net spread over its items by
+ * db_allocate_net), times sign, merged per key and sorted; *count is how many. False when an
+ * order's amounts cannot be spread (never for a validated order). */
+static bool product_deltas(struct db_order *const *orders, size_t n, int sign,
+                           struct product_delta **out, size_t *count)
+{
+    size_t items = 0, widest = 1;
+    for (size_t i = 0; i < n; i++) {
+        items += orders[i]->n_items;
+        widest = orders[i]->n_items > widest ? orders[i]->n_items : widest;
+    }
+    struct product_delta *d = xmalloc((items ? items : 1) * sizeof(*d));
+    int64_t *gross = xmalloc(widest * sizeof(*gross)), *share = xmalloc(widest * sizeof(*share));
+    bool ok = true;
+    size_t k = 0;
+    for (size_t i = 0; i < n && ok; i++) {
+        const struct db_order *o = orders[i];
+        for (size_t j = 0; j < o->n_items; j++)
+            gross[j] = o->items[j].quantity * o->items[j].unit_price_cents;
+        ok = db_allocate_net(o->net_cents, gross, o->n_items, share);
+        for (size_t j = 0; j < o->n_items && ok; j++)
+            d[k++] =
+                (struct product_delta){o->merchant_id, bucket_of(o->placed_at_us), o->items[j].sku,
+                                       sign * o->items[j].quantity, sign * share[j]};
+    }
+    free(gross);
+    free(share);
+    *count = ok ? merge_sorted(d, k, sizeof(*d), compare_product_delta, add_product) : 0;
+    *out = d;
+    return ok;
+}
+
+/* The orders with a promo code as deltas, times sign, merged per key and sorted. */
+static size_t promo_deltas(struct db_order *const *orders, size_t n, int sign,
+                           struct promo_delta **out)
+{
+    struct promo_delta *d = xmalloc((n ? n : 1) * sizeof(*d));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct db_order *o = orders[i];
+        if (o->promo_code)
+            d[k++] = (struct promo_delta){
+                o->merchant_id, bucket_of(o->placed_at_us), o->promo_code,
+                sign,           sign * o->discount_cents,   sign * o->net_cents};
+    }
+    *out = d;
+    return merge_sorted(d, k, sizeof(*d), compare_promo_delta, add_promo);
+}
+
+static PGresult *upsert_products(struct db_conn *c, const struct product_delta *d, size_t n)
+{
+    struct params p;
+    params_begin(&p, 5);
+    for (size_t i = 0; i < n; i++) {
+        array_int(&p.cols[0], d[i].merchant_id);
+        array_int(&p.cols[1], d[i].bucket_s);
+        array_text(&p.cols[2], d[i].sku);
+        array_int(&p.cols[3], d[i].quantity);
+        array_int(&p.cols[4], d[i].net_cents);
+    }
+    PGresult *r = db_exec(c, DB_INGEST_PRODUCTS, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+static PGresult *upsert_promos(struct db_conn *c, const struct promo_delta *d, size_t n)
+{
+    struct params p;
+    params_begin(&p, 6);
+    for (size_t i = 0; i < n; i++) {
+        array_int(&p.cols[0], d[i].merchant_id);
+        array_int(&p.cols[1], d[i].bucket_s);
+        array_text(&p.cols[2], d[i].code);
+        array_int(&p.cols[3], d[i].orders);
+        array_int(&p.cols[4], d[i].discount_cents);
+        array_int(&p.cols[5], d[i].net_cents);
+    }
+    PGresult *r = db_exec(c, DB_INGEST_PROMOS, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+/* DB_OK when r succeeded as a command (r is cleared either way). */
+static enum db_status command_status(struct db_conn *c, PGresult *r)
+{
+    enum db_status st = db_ok(r, PGRES_COMMAND_OK) ? DB_OK : db_failure(c, r);
+    PQclear(r);
+    return st;
+}
+
+enum db_status db_ingest_item_rollups(struct db_conn *c, struct db_order *const *orders, size_t n,
+                                      int sign)
+{
+    struct product_delta *products;
+    size_t n_products;
+    if (!product_deltas(orders, n, sign, &products, &n_products)) {
+        free(products);
+        log_error("an order's net cannot be spread over its items: no product rollups");
+        return DB_ERROR;
+    }
+    enum db_status st =
+        n_products ? command_status(c, upsert_products(c, products, n_products)) : DB_OK;
+    free(products);
+    struct promo_delta *promos;
+    size_t n_promos = promo_deltas(orders, n, sign, &promos);
+    if (st == DB_OK && n_promos)
+        st = command_status(c, upsert_promos(c, promos, n_promos));
+    free(promos);
+    return st;
+}
+
+/* A candidate for the latest name of a product: one item line of an inserted order. */
+struct name_candidate {
+    int64_t merchant_id;
+    const char *sku, *name, *order_id;
+    int64_t placed_at_us;
+    int64_t line_no;
+};
+
+static int compare_product(const struct name_candidate *a, const struct name_candidate *b)
+{
+    if (a->merchant_id != b->merchant_id)
+        return a->merchant_id < b->merchant_id ? -1 : 1;
+    return strcmp(a->sku, b->sku);
+}
+
+/* By product, then the winner first: the latest placed_at, then the greatest order_id, then
+ * the last line (the order of DB_INGEST_PRODUCT_NAMES' condition). */
+static int compare_name_candidate(const void *pa, const void *pb)
+{
+    const struct name_candidate *a = pa, *b = pb;
+    int c = compare_product(a, b);
+    if (c)
+        return c;
+    if (a->placed_at_us != b->placed_at_us)
+        return a->placed_at_us > b->placed_at_us ? -1 : 1;
+    c = strcmp(b->order_id, a->order_id);
+    return c ? c : (b->line_no > a->line_no) - (b->line_no < a->line_no);
+}
+
+/* Records each product's name from the inserted order that names it last (see
+ * db/migrations/0005): one row per product, in key order. */
+static PGresult *upsert_product_names(struct attempt *t)
+{
+    size_t items = 0;
+    for (size_t i = 0; i < t->n; i++)
+        items += t->inserted[i] ? t->orders[i]->n_items : 0;
+    struct name_candidate *cands = xmalloc((items ? items : 1) * sizeof(*cands));
+    size_t k = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct db_order *o = t->orders[i];
+        for (size_t j = 0; t->inserted[i] && j < o->n_items; j++)
+            cands[k++] = (struct name_candidate){o->merchant_id, o->items[j].sku, o->items[j].name,
+                                                 o->order_id,    o->placed_at_us, (int64_t)j};
+    }
+    qsort(cands, k, sizeof(*cands), compare_name_candidate);
+    struct params p;
+    params_begin(&p, 6);
+    for (size_t i = 0; i < k; i++) {
+        if (i > 0 && compare_product(&cands[i - 1], &cands[i]) == 0)
+            continue; /* not the winner of its product */
+        array_int(&p.cols[0], cands[i].merchant_id);
+        array_text(&p.cols[1], cands[i].sku);
+        array_text(&p.cols[2], cands[i].name);
+        array_int(&p.cols[3], cands[i].placed_at_us);
+        array_text(&p.cols[4], cands[i].order_id);
+        array_int(&p.cols[5], cands[i].line_no);
+    }
+    free(cands);
+    PGresult *r = db_exec(t->c, DB_INGEST_PRODUCT_NAMES, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
+/* The product and promotion rollups and the product names of the inserted orders. */
+static bool rollup_items(struct attempt *t, enum db_status *failed)
+{
+    struct db_order **inserted = xmalloc(t->n * sizeof(*inserted));
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (t->inserted[i])
+            inserted[n++] = t->orders[i];
+    enum db_status st = db_ingest_item_rollups(t->c, inserted, n, 1);
+    free(inserted);
+    if (st != DB_OK) {
+        *failed = st;
+        return false;
+    }
+    return step(t, upsert_product_names(t), PGRES_COMMAND_OK, failed);
+}
+
 /* ---- customers' personal data ---- */
 
 /* A customer with PII among the inserted orders, and its data key once derived. */
@@ -646,7 +915,7 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     if (ok && inserted) {
         ok = step(t, insert_orders(t), PGRES_COMMAND_OK, &failed) &&
              step(t, insert_items(t), PGRES_COMMAND_OK, &failed) && store_pii(t, &failed) &&
-             step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed);
+             step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed) && rollup_items(t, &failed);
         if (ok) {
             bump = bump_versions(t);
             ok = db_ok(bump, PGRES_TUPLES_OK);

@@ -25,6 +25,12 @@ struct db_ingest_commit {
  * Merchants changed by every committed transaction are added to *commit. */
 void db_ingest(struct db *db, struct db_conn *c, struct db_order **orders, size_t n,
                enum db_ingest_result *results, struct db_ingest_commit *commit);
+/* Adds the product and promotion figures of orders[0..n) to their 15-minute rollups (sign 1),
+ * or takes them back out (sign -1), on c inside the caller's transaction: each item's net is
+ * its share of the order's net (db/allocation.h); deltas are merged per key and upserted in key
+ * order, after the sales rollup and before the merchants' versions, like every writer. */
+enum db_status db_ingest_item_rollups(struct db_conn *c, struct db_order *const *orders, size_t n,
+                                      int sign);
 /* Frees what db_ingest added to a commit record. */
 void db_ingest_commit_free(struct db_ingest_commit *commit);
 

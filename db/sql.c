@@ -102,6 +102,42 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "tax_cents = r.tax_cents + excluded.tax_cents, "
          "total_cents = r.total_cents + excluded.total_cents",
          13},
+    /* Product and promotion deltas, pre-aggregated and sorted by key like the sales ones. */
+    [DB_INGEST_PRODUCTS] = {"ingest_products",
+                            "INSERT INTO product_rollup_15m AS r (merchant_id, bucket, sku, "
+                            "quantity, net_sales_cents) "
+                            "SELECT m, to_timestamp(b), s, q, n "
+                            "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], "
+                            "$5::bigint[]) AS u(m, b, s, q, n) "
+                            "ON CONFLICT (merchant_id, bucket, sku) DO UPDATE SET "
+                            "quantity = r.quantity + excluded.quantity, "
+                            "net_sales_cents = r.net_sales_cents + excluded.net_sales_cents",
+                            5},
+    [DB_INGEST_PROMOS] = {"ingest_promos",
+                          "INSERT INTO promo_rollup_15m AS r (merchant_id, bucket, promo_code, "
+                          "orders, discounts_cents, net_sales_cents) "
+                          "SELECT m, to_timestamp(b), c, o, d, n "
+                          "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], "
+                          "$5::bigint[], $6::bigint[]) AS u(m, b, c, o, d, n) "
+                          "ON CONFLICT (merchant_id, bucket, promo_code) DO UPDATE SET "
+                          "orders = r.orders + excluded.orders, "
+                          "discounts_cents = r.discounts_cents + excluded.discounts_cents, "
+                          "net_sales_cents = r.net_sales_cents + excluded.net_sales_cents",
+                          6},
+    /* The latest name of each product: a later (placed_at, order_id, line_no) replaces it,
+     * whatever the order in which orders arrive (see db/migrations/0005). */
+    [DB_INGEST_PRODUCT_NAMES] =
+        {"ingest_product_names",
+         "INSERT INTO product_names AS p (merchant_id, sku, name, placed_at, order_id, line_no) "
+         "SELECT m, s, n, " EPOCH_US("t") ", o, l "
+         "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], "
+         "$6::smallint[]) AS u(m, s, n, t, o, l) "
+         "ON CONFLICT (merchant_id, sku) DO UPDATE SET name = excluded.name, "
+         "placed_at = excluded.placed_at, order_id = excluded.order_id, "
+         "line_no = excluded.line_no "
+         "WHERE (excluded.placed_at, excluded.order_id, excluded.line_no) > "
+         "(p.placed_at, p.order_id, p.line_no)",
+         6},
     [DB_INGEST_BUMP] = {"ingest_bump",
                         "UPDATE merchants SET data_version = data_version + 1 "
                         "WHERE merchant_id = ANY($1::bigint[]) "
@@ -135,8 +171,15 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                          "AND o.order_id = k.order_id AND o.status = 0 "
                          "RETURNING (extract(epoch FROM o.placed_at) * 1000000)::bigint, "
                          "o.store_id, o.channel, o.fulfillment, o.items_sold, o.gross_cents, "
-                         "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents",
+                         "o.discount_cents, o.net_cents, o.tax_cents, o.total_cents, "
+                         "o.promo_code",
                          2},
+    /* The items of the order being cancelled, for the product rollups to take back. */
+    [DB_ORDER_CANCEL_ITEMS] = {"order_cancel_items",
+                               "SELECT sku, quantity, unit_price_cents FROM order_items "
+                               "WHERE merchant_id = $1 AND placed_at = " EPOCH_US("$2::bigint")
+                               " AND order_id = $3 ORDER BY line_no",
+                               3},
     [DB_ORDER_EXISTS] = {"order_exists",
                          "SELECT 1 FROM order_keys WHERE merchant_id = $1 AND order_id = $2", 2},
     /* A key is claimed (running, body not yet known) by inserting it; a claim left running
