@@ -22,12 +22,22 @@
 #define DB_SALES_UTC_OFFSET(ts)                                                                    \
     "(extract(epoch FROM " ts " AT TIME ZONE p.tz) - extract(epoch FROM " ts "))::int"
 
+/* A range bound: epoch seconds, else local midnight of a date in the time zone. */
+#define DB_SALES_BOUND(epoch_s, date, tz)                                                          \
+    "coalesce(to_timestamp(" epoch_s "::bigint), " date "::date::timestamp AT TIME ZONE " tz       \
+    "::text)"
+/* as_of in microseconds (see above). */
+#define DB_SALES_AS_OF_US                                                                          \
+    "(extract(epoch FROM CASE WHEN NOT pg_is_in_recovery()"                                        \
+    " OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN now()"                          \
+    " ELSE coalesce(pg_last_xact_replay_timestamp(), now()) END) * 1000000)::bigint"
+
 #define DB_SALES_SERIES_PARAMS 11
 #define DB_SALES_SERIES_SQL                                                                        \
     "WITH p AS MATERIALIZED ("                                                                     \
     " SELECT $2::text AS tz, $3::text AS gran,"                                                    \
-    " coalesce(to_timestamp($4::bigint), $5::date::timestamp AT TIME ZONE $2::text) AS t_from,"    \
-    " coalesce(to_timestamp($6::bigint), $7::date::timestamp AT TIME ZONE $2::text) AS t_to),"     \
+    " " DB_SALES_BOUND("$4", "$5", "$2") " AS t_from,"                                             \
+    " " DB_SALES_BOUND("$6", "$7", "$2") " AS t_to),"                                              \
     " s AS MATERIALIZED ("                                                                         \
     " SELECT coalesce(array_agg(DISTINCT b.start ORDER BY b.start), '{}') AS starts FROM ("        \
     "  SELECT date_trunc('hour', g, p.tz) AS start FROM p, generate_series(p.t_from,"              \
@@ -63,9 +73,7 @@
     "  extract(epoch FROM p.t_from)::bigint AS from_s, extract(epoch FROM p.t_to)::bigint AS to_s,"\
     "  " DB_SALES_LOCAL_LABEL("p.t_to") " AS to_label, " DB_SALES_UTC_OFFSET("p.t_to")             \
     " AS to_offset,"                                                                               \
-    "  (extract(epoch FROM CASE WHEN NOT pg_is_in_recovery()"                                      \
-    "   OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN now()"                        \
-    "   ELSE coalesce(pg_last_xact_replay_timestamp(), now()) END) * 1000000)::bigint AS as_of_us" \
+    "  " DB_SALES_AS_OF_US " AS as_of_us"                                                          \
     " FROM p"                                                                                      \
     " UNION ALL"                                                                                   \
     " SELECT 1, u.i::int, NULL, " DB_SALES_LOCAL_LABEL("u.start") ","                              \

@@ -1,5 +1,6 @@
 #include "sql.h"
 
+#include "db/rankings_sql.h"
 #include "db/sales_sql.h"
 
 #define EPOCH_US(col) "(timestamptz 'epoch' + " col " * interval '1 microsecond')"
@@ -47,6 +48,8 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                                                        "WHERE merchant_id = $1",
                          1},
     [DB_SALES_SERIES] = {"sales_series", DB_SALES_SERIES_SQL, DB_SALES_SERIES_PARAMS},
+    [DB_TOP_PRODUCTS] = {"top_products", DB_TOP_PRODUCTS_SQL, DB_TOP_PRODUCTS_PARAMS},
+    [DB_PROMOTIONS] = {"promotions", DB_PROMOTIONS_SQL, DB_PROMOTIONS_PARAMS},
     [DB_WAL_LSN] = {"wal_lsn", "SELECT pg_current_wal_lsn()::text", 0},
     [DB_ENSURE_PARTITIONS] = {"ensure_partitions",
                               "SELECT cangrejo_ensure_partitions(to_timestamp($1::bigint), $2)", 2},

@@ -58,6 +58,10 @@ void h_batches_post(struct srv_req *req);
 
 /* GET /v1/merchants/{merchant_id}/metrics/sales */
 void h_metrics_sales(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id}/metrics/products */
+void h_metrics_products(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id}/metrics/promotions */
+void h_metrics_promotions(struct srv_req *req);
 
 /* GET /v1/merchants/{merchant_id}/customers/{customer_ref}/export */
 void h_customers_export(struct srv_req *req);

@@ -1,10 +1,12 @@
-/* Metrics: time series of a merchant's business, read from the cache, else from a replica
- * that has the merchant's writes. GET .../metrics/sales sums the 15-minute sales rollups into
- * the calendar buckets of a time zone. */
+/* Metrics: time series and rankings of a merchant's business, read from the cache, else from
+ * a replica that has the merchant's writes. GET .../metrics/sales sums the 15-minute sales
+ * rollups into the calendar buckets of a time zone; GET .../metrics/products and
+ * .../metrics/promotions rank the 15-minute product and promotion rollups of a range. */
 #include "handlers/metrics.h"
 
 #include "cache/cache.h"
 #include "db/merchants.h"
+#include "db/rankings.h"
 #include "handlers/handlers.h"
 #include "server/arena.h"
 #include "server/json.h"
@@ -20,13 +22,15 @@
 
 enum {
     SECONDS_PER_DAY = 86400,
-    SALES_CACHE_TTL_S = 300,
+    METRICS_CACHE_TTL_S = 300,
     ETAG_HEX_CHARS = 32,
     UNKNOWN_NAME_MAX = 64,
 };
 
-#define SALES_CACHE_CONTROL "private, max-age=1"
+#define METRICS_CACHE_CONTROL "private, max-age=1"
 #define SALES_CACHE_FORMAT "sales:1" /* bump when the response body changes shape */
+#define PRODUCTS_CACHE_FORMAT "products:1"
+#define PROMOTIONS_CACHE_FORMAT "promotions:1"
 #define JSON_CONTENT_TYPE "application/json; charset=utf-8"
 
 /* 0001-01-01T00:00:00Z: PostgreSQL has no year 0, so nothing earlier is accepted. */
@@ -39,6 +43,12 @@ static const char *const granularities[] = {"hour", "day", "week", "month", NULL
 static const char *const channels[] = {"online", "pos", NULL}; /* index = stored code */
 static const char *const fulfillments[] = {"pickup", "delivery", "dine_in", NULL};
 static const char *const group_bys[] = {"channel", "fulfillment", "store_id", NULL};
+static const char *const product_sorts[] = {"net_sales", "quantity", NULL};
+
+/* Products and promotions are ranked over the whole range, per SKU or code only: the rollups
+ * they come from have no store, channel or fulfillment, and no buckets. */
+const char *const h_metrics_products_param_names[] = {"from", "to", "tz", "sort", "limit", NULL};
+const char *const h_metrics_promotions_param_names[] = {"from", "to", "tz", NULL};
 
 /* ---- query parameters ---- */
 
@@ -125,16 +135,27 @@ static bool read_bound(h_metrics_query_fn get, void *ctx, struct v_errors *v, co
 
 /* The range checks that need no time zone: exact for two instants, within a day of slack
  * when a date is involved (h_metrics_check_range finishes them). */
-static void precheck_range(struct v_errors *v, const struct h_metrics_sales_params *p)
+static void precheck_range(struct v_errors *v, const struct db_sales_bound *from_bound,
+                           const struct db_sales_bound *to_bound)
 {
-    bool dates = p->from.is_date || p->to.is_date;
-    int64_t slack = dates && !(p->from.is_date && p->to.is_date) ? SECONDS_PER_DAY : 0;
-    int64_t from = nominal_epoch(&p->from), to = nominal_epoch(&p->to);
+    bool dates = from_bound->is_date || to_bound->is_date;
+    int64_t slack = dates && !(from_bound->is_date && to_bound->is_date) ? SECONDS_PER_DAY : 0;
+    int64_t from = nominal_epoch(from_bound), to = nominal_epoch(to_bound);
     int64_t max_range = H_METRICS_MAX_RANGE_S + (dates ? H_METRICS_DATE_RANGE_SLACK_S : 0);
     if (to <= from - slack)
         v_fail(v, "to", "must be after from");
     else if (to - from > max_range + slack)
         v_fail(v, "to", "must be at most 400 days after from");
+}
+
+/* from and to: required, and checked as far as they can be without the time zone. */
+static void parse_range(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                        struct db_sales_bound *from, struct db_sales_bound *to)
+{
+    bool from_ok = read_bound(get, ctx, v, "from", from);
+    bool to_ok = read_bound(get, ctx, v, "to", to);
+    if (from_ok && to_ok)
+        precheck_range(v, from, to);
 }
 
 /* An optional parameter that must be one of names; its index, or -1 when absent. */
@@ -176,10 +197,7 @@ bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_er
                                   struct h_metrics_sales_params *out)
 {
     memset(out, 0, sizeof(*out));
-    bool from_ok = read_bound(get, ctx, v, "from", &out->from);
-    bool to_ok = read_bound(get, ctx, v, "to", &out->to);
-    if (from_ok && to_ok)
-        precheck_range(v, out);
+    parse_range(get, ctx, v, &out->from, &out->to);
     int g = parse_choice(v, "granularity", optional_param(get, ctx, v, "granularity"),
                          granularities, "must be hour, day, week or month");
     out->granularity = granularities[g < 0 ? 1 : g];
@@ -192,6 +210,42 @@ bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_er
     int by = parse_choice(v, "group_by", optional_param(get, ctx, v, "group_by"), group_bys,
                           "must be channel, fulfillment or store_id");
     out->group_by = by < 0 ? NULL : group_bys[by];
+    return v_ok(v);
+}
+
+static unsigned parse_limit(struct v_errors *v, const char *value)
+{
+    if (!value)
+        return H_METRICS_PRODUCTS_LIMIT_DEFAULT;
+    char *end = NULL;
+    errno = 0;
+    long n = isdigit((unsigned char)value[0]) ? strtol(value, &end, 10) : 0;
+    if (n < 1 || n > H_METRICS_PRODUCTS_LIMIT_MAX || errno || *end != '\0') {
+        v_fail(v, "limit", "must be an integer from 1 to 100");
+        return H_METRICS_PRODUCTS_LIMIT_DEFAULT;
+    }
+    return (unsigned)n;
+}
+
+bool h_metrics_parse_products_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                     struct h_metrics_products_params *out)
+{
+    memset(out, 0, sizeof(*out));
+    parse_range(get, ctx, v, &out->from, &out->to);
+    out->timezone = parse_timezone(v, optional_param(get, ctx, v, "tz"));
+    int sort = parse_choice(v, "sort", optional_param(get, ctx, v, "sort"), product_sorts,
+                            "must be net_sales or quantity");
+    out->sort = product_sorts[sort < 0 ? 0 : sort];
+    out->limit = parse_limit(v, optional_param(get, ctx, v, "limit"));
+    return v_ok(v);
+}
+
+bool h_metrics_parse_promotions_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                       struct h_metrics_promotions_params *out)
+{
+    memset(out, 0, sizeof(*out));
+    parse_range(get, ctx, v, &out->from, &out->to);
+    out->timezone = parse_timezone(v, optional_param(get, ctx, v, "tz"));
     return v_ok(v);
 }
 
@@ -211,32 +265,58 @@ static void check_resolved_bound(struct v_errors *v, const char *name,
 
 /* Every real zone offset is a multiple of 15 minutes; local mean time before standard time
  * was not, and no sum of 15-minute rollups could follow it. */
-static bool offsets_on_quarter_hours(const struct db_sales_series *s)
+static bool bucket_offsets_on_quarter_hours(const struct db_sales_series *s)
 {
-    if (s->from.utc_offset_s % H_METRICS_QUARTER_HOUR_S ||
-        s->to.utc_offset_s % H_METRICS_QUARTER_HOUR_S)
-        return false;
     for (size_t i = 0; i < s->n_buckets; i++)
         if (s->buckets[i].utc_offset_s % H_METRICS_QUARTER_HOUR_S)
             return false;
     return true;
 }
 
+static void fail_offset(struct v_errors *v)
+{
+    v_fail(v, "tz", "has a UTC offset that is not a multiple of 15 minutes in this range");
+}
+
+/* The checks of the resolved bounds; false when one failed, and the checks that follow in
+ * h_metrics_check_range are skipped. */
+static bool check_resolved_range(const struct db_sales_bound *from, const struct db_sales_bound *to,
+                                 const struct db_sales_instant *at_from,
+                                 const struct db_sales_instant *at_to, struct v_errors *v)
+{
+    check_resolved_bound(v, "from", from, at_from);
+    check_resolved_bound(v, "to", to, at_to);
+    bool dates = from->is_date || to->is_date;
+    int64_t max_range = H_METRICS_MAX_RANGE_S + (dates ? H_METRICS_DATE_RANGE_SLACK_S : 0);
+    if (at_to->epoch_s <= at_from->epoch_s)
+        v_fail(v, "to", "must be after from");
+    else if (at_to->epoch_s - at_from->epoch_s > max_range)
+        v_fail(v, "to", "must be at most 400 days after from");
+    else if (at_from->utc_offset_s % H_METRICS_QUARTER_HOUR_S ||
+             at_to->utc_offset_s % H_METRICS_QUARTER_HOUR_S)
+        fail_offset(v);
+    else
+        return true;
+    return false;
+}
+
 bool h_metrics_check_range(const struct h_metrics_sales_params *p, const struct db_sales_series *s,
                            struct v_errors *v)
 {
-    check_resolved_bound(v, "from", &p->from, &s->from);
-    check_resolved_bound(v, "to", &p->to, &s->to);
-    bool dates = p->from.is_date || p->to.is_date;
-    int64_t max_range = H_METRICS_MAX_RANGE_S + (dates ? H_METRICS_DATE_RANGE_SLACK_S : 0);
-    if (s->to.epoch_s <= s->from.epoch_s)
-        v_fail(v, "to", "must be after from");
-    else if (s->to.epoch_s - s->from.epoch_s > max_range)
-        v_fail(v, "to", "must be at most 400 days after from");
-    else if (!offsets_on_quarter_hours(s))
-        v_fail(v, "tz", "has a UTC offset that is not a multiple of 15 minutes in this range");
+    if (!check_resolved_range(&p->from, &p->to, &s->from, &s->to, v))
+        return false;
+    if (!bucket_offsets_on_quarter_hours(s))
+        fail_offset(v);
     else if (s->n_buckets > H_METRICS_MAX_BUCKETS)
         v_fail(v, "granularity", "gives more than 10000 buckets for this range");
+    return v_ok(v);
+}
+
+bool h_metrics_check_bounds(const struct db_sales_bound *from, const struct db_sales_bound *to,
+                            const struct db_sales_instant *at_from,
+                            const struct db_sales_instant *at_to, struct v_errors *v)
+{
+    check_resolved_range(from, to, at_from, at_to, v);
     return v_ok(v);
 }
 
@@ -296,6 +376,22 @@ const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_
                          p->group_by ? p->group_by : "");
 }
 
+const char *h_metrics_products_cache_field(struct arena *a,
+                                           const struct h_metrics_products_params *p,
+                                           const char *timezone, const char *currency)
+{
+    return arena_sprintf(a, PRODUCTS_CACHE_FORMAT "|%s|%s|%s|%s|%s|%u", bound_key(a, &p->from),
+                         bound_key(a, &p->to), timezone, currency, p->sort, p->limit);
+}
+
+const char *h_metrics_promotions_cache_field(struct arena *a,
+                                             const struct h_metrics_promotions_params *p,
+                                             const char *timezone, const char *currency)
+{
+    return arena_sprintf(a, PROMOTIONS_CACHE_FORMAT "|%s|%s|%s|%s", bound_key(a, &p->from),
+                         bound_key(a, &p->to), timezone, currency);
+}
+
 const char *h_metrics_group_key_name(struct arena *a, const char *group_by, int64_t key)
 {
     const char *const *names = !group_by                              ? NULL
@@ -315,6 +411,16 @@ const char *h_metrics_group_key_name(struct arena *a, const char *group_by, int6
 struct sales_request {
     struct h_metrics_sales_params params;
     const char *timezone, *currency;
+};
+
+/* A metrics read whose parameters are valid: the zone (requested, else the merchant's) and
+ * currency it is computed for, its cache field, the response, and the WAL position a replica
+ * must have replayed to serve it (the merchant's last write: read-your-writes). */
+struct metrics_read {
+    const char *timezone, *currency;
+    const char *field;
+    struct cache_entry entry;
+    uint64_t min_lsn;
 };
 
 static json_t *bucket_json(const char *start, const struct db_sales_figures *f)
@@ -420,6 +526,26 @@ static char *local_label(struct arena *a, const char *local, int32_t utc_offset_
     return label;
 }
 
+/* The header every metrics body starts with (API.md): merchant_id, from, to, granularity
+ * (when the route has one, else NULL), timezone, currency, as_of. */
+static json_t *header_json(struct srv_req *req, const struct db_sales_instant *from,
+                           const struct db_sales_instant *to, const char *granularity,
+                           const char *timezone, const char *currency, int64_t as_of_us)
+{
+    struct arena *a = req->arena;
+    char as_of[32];
+    v_format_utc(as_of_us, as_of);
+    json_t *body = json_pack("{s:I, s:s, s:s}", "merchant_id", (json_int_t)req->merchant_id, "from",
+                             local_label(a, from->local, from->utc_offset_s), "to",
+                             local_label(a, to->local, to->utc_offset_s));
+    if (granularity)
+        json_object_set_new(body, "granularity", json_string(granularity));
+    json_object_set_new(body, "timezone", json_string(timezone));
+    json_object_set_new(body, "currency", json_string(currency));
+    json_object_set_new(body, "as_of", json_string(as_of));
+    return body;
+}
+
 static json_t *sales_json(struct srv_req *req, const struct sales_request *sr,
                           const struct db_sales_series *s)
 {
@@ -427,13 +553,8 @@ static json_t *sales_json(struct srv_req *req, const struct sales_request *sr,
     char **labels = arena_alloc(a, (s->n_buckets + 1) * sizeof(*labels));
     for (size_t i = 0; i < s->n_buckets; i++)
         labels[i] = local_label(a, s->buckets[i].local_start, s->buckets[i].utc_offset_s);
-    char as_of[32];
-    v_format_utc(s->as_of_us, as_of);
-    json_t *body = json_pack(
-        "{s:I, s:s, s:s, s:s, s:s, s:s, s:s}", "merchant_id", (json_int_t)req->merchant_id, "from",
-        local_label(a, s->from.local, s->from.utc_offset_s), "to",
-        local_label(a, s->to.local, s->to.utc_offset_s), "granularity", sr->params.granularity,
-        "timezone", sr->timezone, "currency", sr->currency, "as_of", as_of);
+    json_t *body = header_json(req, &s->from, &s->to, sr->params.granularity, sr->timezone,
+                               sr->currency, s->as_of_us);
     const char *group_by = sr->params.group_by;
     if (!group_by) {
         json_object_set_new(body, "buckets", ungrouped_buckets_json(a, s, labels));
@@ -441,6 +562,42 @@ static json_t *sales_json(struct srv_req *req, const struct sales_request *sr,
     }
     json_object_set_new(body, "group_by", json_string(group_by));
     json_object_set_new(body, "groups", groups_json(a, s, labels, group_by));
+    return body;
+}
+
+static json_t *products_json(struct srv_req *req, const struct h_metrics_products_params *p,
+                             const struct metrics_read *mr, const struct db_ranking *r)
+{
+    json_t *body =
+        header_json(req, &r->from, &r->to, NULL, mr->timezone, mr->currency, r->as_of_us);
+    json_t *products = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        const struct db_product_row *row = &r->products[i];
+        json_array_append_new(products,
+                              json_pack("{s:s, s:s, s:I, s:I}", "sku", row->sku, "name", row->name,
+                                        "quantity", (json_int_t)row->quantity, "net_sales_cents",
+                                        (json_int_t)row->net_sales_cents));
+    }
+    json_object_set_new(body, "sort", json_string(p->sort));
+    json_object_set_new(body, "products", products);
+    return body;
+}
+
+static json_t *promotions_json(struct srv_req *req, const struct metrics_read *mr,
+                               const struct db_ranking *r)
+{
+    json_t *body =
+        header_json(req, &r->from, &r->to, NULL, mr->timezone, mr->currency, r->as_of_us);
+    json_t *promotions = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        const struct db_promotion_row *row = &r->promotions[i];
+        json_array_append_new(promotions,
+                              json_pack("{s:s, s:I, s:I, s:I}", "promo_code", row->promo_code,
+                                        "orders", (json_int_t)row->orders, "discounts_cents",
+                                        (json_int_t)row->discounts_cents, "net_sales_cents",
+                                        (json_int_t)row->net_sales_cents));
+    }
+    json_object_set_new(body, "promotions", promotions);
     return body;
 }
 
@@ -494,16 +651,22 @@ static const char *printable_name(struct arena *a, const char *name)
     return out;
 }
 
-static bool read_sales_params(struct srv_req *req, struct h_metrics_sales_params *p)
+/* Starts the validation errors of a request with its unknown parameters. */
+static struct v_errors unknown_params(struct srv_req *req, const char *const *names)
 {
     struct v_errors v = {.arena = req->arena};
-    const char *unknown = srv_unknown_query(req, h_metrics_sales_param_names);
+    const char *unknown = srv_unknown_query(req, names);
     if (unknown)
         v_fail(&v, printable_name(req->arena, unknown), "unknown parameter");
-    h_metrics_parse_sales_params(request_query, req, &v, p);
-    if (v_ok(&v))
+    return v;
+}
+
+/* True when nothing failed; else replies 400 with the errors. */
+static bool params_valid(struct srv_req *req, const struct v_errors *v)
+{
+    if (v_ok(v))
         return true;
-    srv_reply_validation(req, v.list);
+    srv_reply_validation(req, v->list);
     return false;
 }
 
@@ -525,7 +688,7 @@ static const char *cache_result_name(enum cache_result r)
 static void reply_entry(struct srv_req *req, const struct cache_entry *e)
 {
     srv_add_header(req, "ETag", e->etag);
-    srv_add_header(req, "Cache-Control", SALES_CACHE_CONTROL);
+    srv_add_header(req, "Cache-Control", METRICS_CACHE_CONTROL);
     if (h_metrics_etag_matches(srv_header(req, "If-None-Match"), e->etag))
         srv_reply_empty(req, 304);
     else
@@ -546,17 +709,19 @@ static struct db_sales_query sales_query(const struct srv_req *req, const struct
                                    .group_by = p->group_by};
 }
 
-/* Computes the response from the database into *entry; replies itself and returns false on
- * failure. *version is the data version the response reflects. */
-static bool compute_sales(struct srv_req *req, const struct sales_request *sr, uint64_t min_lsn,
-                          struct cache_entry *entry, int64_t *version)
+/* Serializes body into mr's entry with its ETag (body is released). */
+static void set_entry(struct srv_req *req, struct metrics_read *mr, json_t *body)
 {
-    struct h_app *app = req->app;
-    struct db_sales_query q = sales_query(req, sr);
-    struct db_sales_series s;
-    enum db_sales_refusal refusal;
-    const char *role = NULL;
-    enum db_status st = db_sales_series(app->db, min_lsn, req->arena, &q, &s, &role, &refusal);
+    mr->entry.body = json_to_arena(req->arena, body, &mr->entry.body_len);
+    json_decref(body);
+    mr->entry.etag = etag_of(req->arena, mr->entry.body, mr->entry.body_len);
+}
+
+/* False, after replying, when a computation failed (the time zone PostgreSQL does not know,
+ * or the database). */
+static bool computed(struct srv_req *req, enum db_status st, enum db_sales_refusal refusal,
+                     const char *role)
+{
     req->log_db = role;
     if (refusal == DB_SALES_UNKNOWN_TIMEZONE) {
         reply_field_error(req, "tz", "is not a time zone the database knows");
@@ -566,46 +731,172 @@ static bool compute_sales(struct srv_req *req, const struct sales_request *sr, u
         reply_db_failure(req, st);
         return false;
     }
+    return true;
+}
+
+/* Computes the response from the database into mr's entry; replies itself and returns false
+ * on failure. *version is the data version the response reflects. */
+static bool compute_sales(struct srv_req *req, const struct sales_request *sr,
+                          struct metrics_read *mr, int64_t *version)
+{
+    struct h_app *app = req->app;
+    struct db_sales_query q = sales_query(req, sr);
+    struct db_sales_series s;
+    enum db_sales_refusal refusal;
+    const char *role = NULL;
+    enum db_status st = db_sales_series(app->db, mr->min_lsn, req->arena, &q, &s, &role, &refusal);
+    if (!computed(req, st, refusal, role))
+        return false;
     struct v_errors v = {.arena = req->arena};
     if (!h_metrics_check_range(&sr->params, &s, &v)) {
         srv_reply_validation(req, v.list);
         return false;
     }
-    json_t *body = sales_json(req, sr, &s);
-    entry->body = json_to_arena(req->arena, body, &entry->body_len);
-    json_decref(body);
-    entry->etag = etag_of(req->arena, entry->body, entry->body_len);
+    set_entry(req, mr, sales_json(req, sr, &s));
     *version = s.data_version;
     return true;
 }
 
-void h_metrics_sales(struct srv_req *req)
+static bool compute_products(struct srv_req *req, const struct h_metrics_products_params *p,
+                             struct metrics_read *mr, int64_t *version)
 {
     struct h_app *app = req->app;
-    struct sales_request sr;
-    if (!read_sales_params(req, &sr.params))
-        return;
+    struct db_ranking_query q = {.merchant_id = req->merchant_id,
+                                 .timezone = mr->timezone,
+                                 .from = p->from,
+                                 .to = p->to,
+                                 .sort = p->sort,
+                                 .limit = p->limit};
+    struct db_ranking r;
+    enum db_sales_refusal refusal;
+    const char *role = NULL;
+    enum db_status st = db_top_products(app->db, mr->min_lsn, req->arena, &q, &r, &role, &refusal);
+    if (!computed(req, st, refusal, role))
+        return false;
+    struct v_errors v = {.arena = req->arena};
+    if (!h_metrics_check_bounds(&p->from, &p->to, &r.from, &r.to, &v)) {
+        srv_reply_validation(req, v.list);
+        return false;
+    }
+    set_entry(req, mr, products_json(req, p, mr, &r));
+    *version = r.data_version;
+    return true;
+}
+
+static bool compute_promotions(struct srv_req *req, const struct h_metrics_promotions_params *p,
+                               struct metrics_read *mr, int64_t *version)
+{
+    struct h_app *app = req->app;
+    struct db_ranking_query q = {
+        .merchant_id = req->merchant_id, .timezone = mr->timezone, .from = p->from, .to = p->to};
+    struct db_ranking r;
+    enum db_sales_refusal refusal;
+    const char *role = NULL;
+    enum db_status st = db_promotions(app->db, mr->min_lsn, req->arena, &q, &r, &role, &refusal);
+    if (!computed(req, st, refusal, role))
+        return false;
+    struct v_errors v = {.arena = req->arena};
+    if (!h_metrics_check_bounds(&p->from, &p->to, &r.from, &r.to, &v)) {
+        srv_reply_validation(req, v.list);
+        return false;
+    }
+    set_entry(req, mr, promotions_json(req, mr, &r));
+    *version = r.data_version;
+    return true;
+}
+
+/* Resolves the merchant's zone (unless one was requested) and currency; false after
+ * replying when the merchant is unknown or the database is down. */
+static bool begin_read(struct srv_req *req, const char *timezone, struct metrics_read *mr)
+{
+    struct h_app *app = req->app;
     struct db_merchant m;
     enum db_status st = db_merchant_lookup(app->db, req->arena, req->merchant_id, &m);
     if (st != DB_OK) {
         reply_db_failure(req, st);
-        return;
+        return false;
     }
-    sr.timezone = sr.params.timezone ? sr.params.timezone : m.timezone;
-    sr.currency = m.currency;
-    const char *field =
-        h_metrics_sales_cache_field(req->arena, &sr.params, sr.timezone, sr.currency);
-    struct cache_entry entry;
+    memset(mr, 0, sizeof(*mr));
+    mr->timezone = timezone ? timezone : m.timezone;
+    mr->currency = m.currency;
+    return true;
+}
+
+/* True when the cache holds the response at the merchant's current data version (mr->entry
+ * is set); else sets mr->min_lsn for the database read. */
+static bool cached(struct srv_req *req, struct metrics_read *mr)
+{
+    struct h_app *app = req->app;
     uint64_t lsn = 0;
-    enum cache_result cached =
-        cache_merchant_get(app->cache, req->merchant_id, field, req->arena, &entry, &lsn);
-    req->log_cache = cache_result_name(cached);
-    if (cached != CACHE_HIT) {
-        uint64_t written = db_merchant_write_lsn(app->db, req->merchant_id);
+    enum cache_result r =
+        cache_merchant_get(app->cache, req->merchant_id, mr->field, req->arena, &mr->entry, &lsn);
+    req->log_cache = cache_result_name(r);
+    if (r == CACHE_HIT)
+        return true;
+    uint64_t written = db_merchant_write_lsn(app->db, req->merchant_id);
+    mr->min_lsn = written > lsn ? written : lsn;
+    return false;
+}
+
+static void store(struct srv_req *req, const struct metrics_read *mr, int64_t version)
+{
+    struct h_app *app = req->app;
+    cache_merchant_put(app->cache, req->merchant_id, mr->field, version, &mr->entry,
+                       METRICS_CACHE_TTL_S);
+}
+
+void h_metrics_sales(struct srv_req *req)
+{
+    struct sales_request sr;
+    struct v_errors v = unknown_params(req, h_metrics_sales_param_names);
+    h_metrics_parse_sales_params(request_query, req, &v, &sr.params);
+    struct metrics_read mr;
+    if (!params_valid(req, &v) || !begin_read(req, sr.params.timezone, &mr))
+        return;
+    sr.timezone = mr.timezone;
+    sr.currency = mr.currency;
+    mr.field = h_metrics_sales_cache_field(req->arena, &sr.params, mr.timezone, mr.currency);
+    if (!cached(req, &mr)) {
         int64_t version;
-        if (!compute_sales(req, &sr, written > lsn ? written : lsn, &entry, &version))
+        if (!compute_sales(req, &sr, &mr, &version))
             return;
-        cache_merchant_put(app->cache, req->merchant_id, field, version, &entry, SALES_CACHE_TTL_S);
+        store(req, &mr, version);
     }
-    reply_entry(req, &entry);
+    reply_entry(req, &mr.entry);
+}
+
+void h_metrics_products(struct srv_req *req)
+{
+    struct h_metrics_products_params p;
+    struct v_errors v = unknown_params(req, h_metrics_products_param_names);
+    h_metrics_parse_products_params(request_query, req, &v, &p);
+    struct metrics_read mr;
+    if (!params_valid(req, &v) || !begin_read(req, p.timezone, &mr))
+        return;
+    mr.field = h_metrics_products_cache_field(req->arena, &p, mr.timezone, mr.currency);
+    if (!cached(req, &mr)) {
+        int64_t version;
+        if (!compute_products(req, &p, &mr, &version))
+            return;
+        store(req, &mr, version);
+    }
+    reply_entry(req, &mr.entry);
+}
+
+void h_metrics_promotions(struct srv_req *req)
+{
+    struct h_metrics_promotions_params p;
+    struct v_errors v = unknown_params(req, h_metrics_promotions_param_names);
+    h_metrics_parse_promotions_params(request_query, req, &v, &p);
+    struct metrics_read mr;
+    if (!params_valid(req, &v) || !begin_read(req, p.timezone, &mr))
+        return;
+    mr.field = h_metrics_promotions_cache_field(req->arena, &p, mr.timezone, mr.currency);
+    if (!cached(req, &mr)) {
+        int64_t version;
+        if (!compute_promotions(req, &p, &mr, &version))
+            return;
+        store(req, &mr, version);
+    }
+    reply_entry(req, &mr.entry);
 }

@@ -19,6 +19,8 @@ enum {
     H_METRICS_MAX_BUCKETS = 10000,
     H_METRICS_QUARTER_HOUR_S = 900,
     H_METRICS_LABEL_MAX = 40,
+    H_METRICS_PRODUCTS_LIMIT_DEFAULT = 10,
+    H_METRICS_PRODUCTS_LIMIT_MAX = 100,
 };
 
 /* The query parameters of a sales request, validated. */
@@ -31,19 +33,48 @@ struct h_metrics_sales_params {
     const char *group_by;     /* NULL, "channel", "fulfillment" or "store_id" */
 };
 
+/* The query parameters of a products request, validated. */
+struct h_metrics_products_params {
+    struct db_sales_bound from, to;
+    const char *timezone; /* NULL: the merchant's */
+    const char *sort;     /* "net_sales" or "quantity" */
+    unsigned limit;       /* 1..H_METRICS_PRODUCTS_LIMIT_MAX */
+};
+
+/* The query parameters of a promotions request, validated. */
+struct h_metrics_promotions_params {
+    struct db_sales_bound from, to;
+    const char *timezone; /* NULL: the merchant's */
+};
+
 /* One query parameter by name, or NULL; sets *repeated when it was given more than once. */
 typedef const char *(*h_metrics_query_fn)(void *ctx, const char *name, bool *repeated);
 
 /* The parameter names of the sales route, NULL-terminated. */
 extern const char *const h_metrics_sales_param_names[];
 
+/* The parameter names of the products route, NULL-terminated. */
+extern const char *const h_metrics_products_param_names[];
+/* The parameter names of the promotions route, NULL-terminated. */
+extern const char *const h_metrics_promotions_param_names[];
+
 /* Validates the sales parameters into *out, recording each failure under the parameter's
  * name; the range checks that need the time zone come later (h_metrics_check_range). */
 bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
                                   struct h_metrics_sales_params *out);
+/* Validates the products parameters (range and tz as for sales; sort, limit). */
+bool h_metrics_parse_products_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                     struct h_metrics_products_params *out);
+/* Validates the promotions parameters (range and tz as for sales). */
+bool h_metrics_parse_promotions_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                       struct h_metrics_promotions_params *out);
 /* The exact checks of a range once the database resolved its bounds and buckets. */
 bool h_metrics_check_range(const struct h_metrics_sales_params *p, const struct db_sales_series *s,
                            struct v_errors *v);
+/* The exact checks of a range without buckets once the database resolved its bounds. */
+bool h_metrics_check_bounds(const struct db_sales_bound *from, const struct db_sales_bound *to,
+                            const struct db_sales_instant *at_from,
+                            const struct db_sales_instant *at_to, struct v_errors *v);
 /* num / den rounded half up (towards +infinity on a tie); 0 when den <= 0. */
 int64_t h_metrics_round_half_up(int64_t num, int64_t den);
 /* "YYYY-MM-DDTHH:MM:SS" and an offset as RFC 3339 with +hh:mm/-hh:mm (never Z). */
@@ -54,6 +85,14 @@ bool h_metrics_etag_matches(const char *if_none_match, const char *etag);
  * currency it is computed for. */
 const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_sales_params *p,
                                         const char *timezone, const char *currency);
+/* The cache field of a products response (parameters normalized, zone, currency). */
+const char *h_metrics_products_cache_field(struct arena *a,
+                                           const struct h_metrics_products_params *p,
+                                           const char *timezone, const char *currency);
+/* The cache field of a promotions response (parameters normalized, zone, currency). */
+const char *h_metrics_promotions_cache_field(struct arena *a,
+                                             const struct h_metrics_promotions_params *p,
+                                             const char *timezone, const char *currency);
 /* The API name of a group key ("online", "dine_in", or the store id as text). */
 const char *h_metrics_group_key_name(struct arena *a, const char *group_by, int64_t key);
 
