@@ -42,9 +42,10 @@ CREATE TABLE promo_rollup_15m (
     PRIMARY KEY (merchant_id, bucket, promo_code)
 );
 
--- Backfill from the orders already stored. Writers wait until this commits, so no order is
--- counted twice or missed.
-LOCK TABLE orders, order_items IN SHARE MODE;
+-- Backfill from the orders already stored. Servers of this version cannot write these tables
+-- before this commits, so nothing is counted twice. Servers of an older version do not keep
+-- them: their writes after this snapshot are missed, so stop them before migrating (they turn
+-- not ready once the schema is newer than they expect).
 
 INSERT INTO product_rollup_15m (merchant_id, bucket, sku, quantity, net_sales_cents)
 SELECT merchant_id, bucket, sku, sum(quantity), sum(share + (place <= leftover)::int)
