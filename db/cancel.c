@@ -1,4 +1,5 @@
 /* Cancellation: placed → cancelled exactly once, with the rollups taking the order back. */
+#include "db/deliveries.h"
 #include "db/ingest.h"
 #include "db/orders.h"
 #include "server/alloc.h"
@@ -75,6 +76,32 @@ static enum db_status take_back_items(struct db_conn *c, int64_t merchant_id, co
     return st;
 }
 
+/* Takes a cancelled delivery order (row: the columns of DB_ORDER_CANCEL) out of its delivery
+ * rollup row: the order, and its current delivery state's figures. The order's row is locked
+ * by the cancellation, so no delivery event moves that state meanwhile. */
+static enum db_status take_back_delivery(struct db_conn *c, int64_t merchant_id,
+                                         const char *order_id, const PGresult *row)
+{
+    if (strtoll(PQgetvalue(row, 0, 3), NULL, 10) != FULFILLMENT_DELIVERY)
+        return DB_OK;
+    char mid[24];
+    snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
+    bool has;
+    enum delivery_status status;
+    int64_t occurred_us;
+    enum db_status st = db_delivery_state_current(c, mid, order_id, &has, &status, &occurred_us);
+    if (st != DB_OK)
+        return st;
+    int64_t placed_us = strtoll(PQgetvalue(row, 0, 0), NULL, 10);
+    struct db_delivery_delta d =
+        db_delivery_delta_of(merchant_id, placed_us, strtoll(PQgetvalue(row, 0, 1), NULL, 10),
+                             (int)strtol(PQgetvalue(row, 0, 2), NULL, 10));
+    d.deliveries = -1;
+    if (has)
+        db_delivery_count_state(&d, status, occurred_us, placed_us, -1);
+    return db_ingest_delivery_rollups(c, &d, 1);
+}
+
 static enum db_status fail(struct db_conn *c, PGresult *r)
 {
     enum db_status st = db_failure(c, r);
@@ -115,6 +142,8 @@ static enum db_status cancel_on(struct db_conn *c, int64_t merchant_id, const ch
     }
     PQclear(r);
     enum db_status taken = take_back_items(c, merchant_id, order_id, row);
+    if (taken == DB_OK)
+        taken = take_back_delivery(c, merchant_id, order_id, row);
     PQclear(row);
     if (taken != DB_OK) {
         PQclear(db_exec_simple(c, "ROLLBACK"));

@@ -1,5 +1,6 @@
 #include "deliveries.h"
 
+#include "db/ingest.h"
 #include "server/arena.h"
 #include "server/buf.h"
 
@@ -89,9 +90,61 @@ static enum db_status rollback_with(struct db_conn *c, PGresult *r, enum db_stat
     return st;
 }
 
-/* The transaction: the order (locked), the event, the state, the merchant's version. */
-static enum db_status record_on(struct db_conn *c, struct arena *a, const char *mid,
-                                const struct db_delivery_event *e,
+enum db_status db_delivery_state_current(struct db_conn *c, const char *merchant_id,
+                                         const char *order_id, bool *has,
+                                         enum delivery_status *status, int64_t *occurred_at_us)
+{
+    const char *key[] = {merchant_id, order_id};
+    PGresult *r = db_exec(c, DB_DELIVERY_STATE_CURRENT, key);
+    if (!db_ok(r, PGRES_TUPLES_OK)) {
+        enum db_status st = db_failure(c, r);
+        PQclear(r);
+        return st;
+    }
+    *has = PQntuples(r) == 1;
+    *status = *has ? (enum delivery_status)atoi(PQgetvalue(r, 0, 0)) : DELIVERY_ASSIGNED;
+    *occurred_at_us = *has ? strtoll(PQgetvalue(r, 0, 1), NULL, 10) : 0;
+    PQclear(r);
+    return DB_OK;
+}
+
+void db_delivery_count_state(struct db_delivery_delta *d, enum delivery_status status,
+                             int64_t occurred_at_us, int64_t placed_at_us, int sign)
+{
+    if (status == DELIVERY_DELIVERED) {
+        d->delivered += sign;
+        d->delivered_us += sign * (occurred_at_us - placed_at_us);
+    } else if (status == DELIVERY_FAILED) {
+        d->failed += sign;
+    }
+}
+
+/* The order an event is for, as DB_DELIVERY_ORDER reads it. */
+struct event_order {
+    const char *placed; /* placed_at in microseconds, as text */
+    int64_t placed_at_us, store_id;
+    int channel;
+    bool cancelled;
+};
+
+/* Moves the order from its previous delivery state's figures to its new state's (it is locked
+ * and not cancelled: a cancelled order is in no delivery rollup). */
+static enum db_status move_rollup(struct db_conn *c, int64_t merchant_id,
+                                  const struct event_order *o, bool had, enum delivery_status prev,
+                                  int64_t prev_occurred_us, const struct db_delivery_event *e)
+{
+    struct db_delivery_delta d =
+        db_delivery_delta_of(merchant_id, o->placed_at_us, o->store_id, o->channel);
+    if (had)
+        db_delivery_count_state(&d, prev, prev_occurred_us, o->placed_at_us, -1);
+    db_delivery_count_state(&d, e->status, e->occurred_at_us, o->placed_at_us, 1);
+    return db_ingest_delivery_rollups(c, &d, 1);
+}
+
+/* The transaction: the order (locked), the event, the state (and the delivery rollups when it
+ * moved), the merchant's version. */
+static enum db_status record_on(struct db_conn *c, struct arena *a, int64_t merchant_id,
+                                const char *mid, const struct db_delivery_event *e,
                                 enum db_delivery_outcome *outcome, int64_t *version)
 {
     PGresult *r = db_exec_simple(c, "BEGIN");
@@ -106,7 +159,11 @@ static enum db_status record_on(struct db_conn *c, struct arena *a, const char *
         *outcome = PQntuples(r) == 0 ? DELIVERY_NO_ORDER : DELIVERY_NOT_DELIVERY;
         return rollback_with(c, r, DB_OK);
     }
-    const char *placed = arena_strdup(a, PQgetvalue(r, 0, 1));
+    struct event_order o = {.placed = arena_strdup(a, PQgetvalue(r, 0, 1)),
+                            .placed_at_us = strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+                            .cancelled = atoi(PQgetvalue(r, 0, 2)) != 0,
+                            .store_id = strtoll(PQgetvalue(r, 0, 3), NULL, 10),
+                            .channel = atoi(PQgetvalue(r, 0, 4))};
     PQclear(r);
     const char *status = arena_sprintf(a, "%d", (int)e->status);
     const char *occurred = us_param(a, true, e->occurred_at_us);
@@ -121,12 +178,26 @@ static enum db_status record_on(struct db_conn *c, struct arena *a, const char *
         return rollback_with(c, r, DB_OK);
     }
     PQclear(r);
-    const char *state[] = {mid,      e->order_id, placed, status,        e->provider,
+    bool had = false;
+    enum delivery_status prev = DELIVERY_ASSIGNED;
+    int64_t prev_occurred_us = 0;
+    enum db_status st = DB_OK;
+    if (!o.cancelled)
+        st = db_delivery_state_current(c, mid, e->order_id, &had, &prev, &prev_occurred_us);
+    if (st != DB_OK)
+        return rollback_with(c, NULL, st);
+    const char *state[] = {mid,      e->order_id, o.placed, status,        e->provider,
                            e->event_id, occurred, eta,    e->courier_ref};
     r = db_exec(c, DB_DELIVERY_STATE_UPSERT, state);
-    if (!db_ok(r, PGRES_COMMAND_OK))
+    if (!db_ok(r, PGRES_TUPLES_OK))
         return rollback_with(c, r, DB_ERROR);
+    bool moved = PQntuples(r) == 1;
     PQclear(r);
+    st = moved && !o.cancelled
+             ? move_rollup(c, merchant_id, &o, had, prev, prev_occurred_us, e)
+             : DB_OK;
+    if (st != DB_OK)
+        return rollback_with(c, NULL, st);
     const char *bump[] = {arena_sprintf(a, "{%s}", mid)};
     r = db_exec(c, DB_INGEST_BUMP, bump);
     if (!db_ok(r, PGRES_TUPLES_OK) || PQntuples(r) != 1)
@@ -134,7 +205,7 @@ static enum db_status record_on(struct db_conn *c, struct arena *a, const char *
     *version = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
     PQclear(r);
     r = db_exec_simple(c, "COMMIT");
-    enum db_status st = db_ok(r, PGRES_COMMAND_OK) ? DB_OK : DB_UNAVAILABLE;
+    st = db_ok(r, PGRES_COMMAND_OK) ? DB_OK : DB_UNAVAILABLE;
     PQclear(r);
     *outcome = DELIVERY_RECORDED;
     return st;
@@ -150,7 +221,7 @@ enum db_status db_delivery_record(struct db *db, struct arena *a, int64_t mercha
     if (!c)
         return DB_UNAVAILABLE;
     const char *mid = arena_sprintf(a, "%lld", (long long)merchant_id);
-    enum db_status st = record_on(c, a, mid, e, outcome, version);
+    enum db_status st = record_on(c, a, merchant_id, mid, e, outcome, version);
     if (st == DB_OK && *outcome == DELIVERY_RECORDED) {
         PGresult *r = db_exec(c, DB_WAL_LSN, NULL);
         if (db_ok(r, PGRES_TUPLES_OK))

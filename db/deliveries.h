@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 struct arena;
+struct db_delivery_delta;
 
 enum delivery_status {
     DELIVERY_ASSIGNED,
@@ -52,6 +53,16 @@ enum db_status db_delivery_record(struct db *db, struct arena *a, int64_t mercha
                                   const struct db_delivery_event *e,
                                   enum db_delivery_outcome *outcome, struct db_delivery *out,
                                   int64_t *version, uint64_t *lsn);
+/* Reads an order's current delivery state on c inside the caller's transaction, with the
+ * order locked (DB_DELIVERY_ORDER, or a cancellation's update): *has is false when it has no
+ * event yet. */
+enum db_status db_delivery_state_current(struct db_conn *c, const char *merchant_id,
+                                         const char *order_id, bool *has,
+                                         enum delivery_status *status, int64_t *occurred_at_us);
+/* Adds sign times what an order in this current state counts in a delivery rollup delta:
+ * delivered (and occurred_at_us - placed_at_us in delivered_us) or failed; nothing otherwise. */
+void db_delivery_count_state(struct db_delivery_delta *d, enum delivery_status status,
+                             int64_t occurred_at_us, int64_t placed_at_us, int sign);
 /* Reads the deliveries of n orders in one query: out[i] is order_ids[i]'s, or NULL when it
  * has no event yet (arena-owned). */
 enum db_status db_deliveries_get(struct db *db, struct arena *a, int64_t merchant_id,

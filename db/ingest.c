@@ -732,6 +732,88 @@ static bool rollup_items(struct attempt *t, enum db_status *failed)
     return step(t, upsert_product_names(t), PGRES_COMMAND_OK, failed);
 }
 
+/* ---- delivery rollups ---- */
+
+struct db_delivery_delta db_delivery_delta_of(int64_t merchant_id, int64_t placed_at_us,
+                                              int64_t store_id, int channel)
+{
+    return (struct db_delivery_delta){.merchant_id = merchant_id,
+                                      .bucket_s = bucket_of(placed_at_us),
+                                      .store_id = store_id,
+                                      .channel = channel};
+}
+
+static int compare_delivery_delta(const void *pa, const void *pb)
+{
+    const struct db_delivery_delta *a = pa, *b = pb;
+    int c = compare_merchant_bucket(a->merchant_id, a->bucket_s, b->merchant_id, b->bucket_s);
+    if (c)
+        return c;
+    if (a->store_id != b->store_id)
+        return a->store_id < b->store_id ? -1 : 1;
+    return (a->channel > b->channel) - (a->channel < b->channel);
+}
+
+static void add_delivery(void *pa, const void *pb)
+{
+    struct db_delivery_delta *a = pa;
+    const struct db_delivery_delta *b = pb;
+    a->deliveries += b->deliveries;
+    a->delivered += b->delivered;
+    a->failed += b->failed;
+    a->delivered_us += b->delivered_us;
+}
+
+static bool changes_nothing(const struct db_delivery_delta *d)
+{
+    return !d->deliveries && !d->delivered && !d->failed && !d->delivered_us;
+}
+
+enum db_status db_ingest_delivery_rollups(struct db_conn *c, struct db_delivery_delta *d,
+                                          size_t n)
+{
+    n = merge_sorted(d, n, sizeof(*d), compare_delivery_delta, add_delivery);
+    struct params p;
+    params_begin(&p, 8);
+    size_t rows = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (changes_nothing(&d[i]))
+            continue;
+        array_int(&p.cols[0], d[i].merchant_id);
+        array_int(&p.cols[1], d[i].bucket_s);
+        array_int(&p.cols[2], d[i].store_id);
+        array_int(&p.cols[3], d[i].channel);
+        array_int(&p.cols[4], d[i].deliveries);
+        array_int(&p.cols[5], d[i].delivered);
+        array_int(&p.cols[6], d[i].failed);
+        array_int(&p.cols[7], d[i].delivered_us);
+        rows++;
+    }
+    enum db_status st =
+        rows ? command_status(c, db_exec(c, DB_INGEST_DELIVERIES, params_end(&p))) : DB_OK;
+    params_free(&p);
+    return st;
+}
+
+/* Each inserted delivery order counts once in its delivery rollup row (no state yet). */
+static bool rollup_deliveries(struct attempt *t, enum db_status *failed)
+{
+    struct db_delivery_delta *d = xmalloc((t->n ? t->n : 1) * sizeof(*d));
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct db_order *o = t->orders[i];
+        if (!t->inserted[i] || o->fulfillment != FULFILLMENT_DELIVERY)
+            continue;
+        d[n] = db_delivery_delta_of(o->merchant_id, o->placed_at_us, o->store_id, o->channel);
+        d[n++].deliveries = 1;
+    }
+    enum db_status st = db_ingest_delivery_rollups(t->c, d, n);
+    free(d);
+    if (st != DB_OK)
+        *failed = st;
+    return st == DB_OK;
+}
+
 /* ---- customers' personal data ---- */
 
 /* A customer with PII among the inserted orders, and its data key once derived. */
@@ -915,7 +997,8 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     if (ok && inserted) {
         ok = step(t, insert_orders(t), PGRES_COMMAND_OK, &failed) &&
              step(t, insert_items(t), PGRES_COMMAND_OK, &failed) && store_pii(t, &failed) &&
-             step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed) && rollup_items(t, &failed);
+             step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed) && rollup_items(t, &failed) &&
+             rollup_deliveries(t, &failed);
         if (ok) {
             bump = bump_versions(t);
             ok = db_ok(bump, PGRES_TUPLES_OK);

@@ -31,6 +31,21 @@ void db_ingest(struct db *db, struct db_conn *c, struct db_order **orders, size_
  * order, after the sales rollup and before the merchants' versions, like every writer. */
 enum db_status db_ingest_item_rollups(struct db_conn *c, struct db_order *const *orders, size_t n,
                                       int sign);
+/* A change to one row of the delivery rollups (db/migrations/0006): the key (bucket_s: the
+ * 15-minute UTC bucket of placed_at, in epoch seconds), then the figures. */
+struct db_delivery_delta {
+    int64_t merchant_id, bucket_s, store_id;
+    int channel;
+    int64_t deliveries, delivered, failed, delivered_us;
+};
+/* A delta with no figures yet for the row of an order placed at placed_at_us. */
+struct db_delivery_delta db_delivery_delta_of(int64_t merchant_id, int64_t placed_at_us,
+                                              int64_t store_id, int channel);
+/* Applies d[0..n) to the delivery rollups on c inside the caller's transaction: merged per key
+ * (d is reordered) and upserted in key order, after the other rollups and before the
+ * merchants' versions, like every writer; deltas that change nothing are left out. */
+enum db_status db_ingest_delivery_rollups(struct db_conn *c, struct db_delivery_delta *d,
+                                          size_t n);
 /* Frees what db_ingest added to a commit record. */
 void db_ingest_commit_free(struct db_ingest_commit *commit);
 

@@ -32,8 +32,9 @@
     " OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN now()"                          \
     " ELSE coalesce(pg_last_xact_replay_timestamp(), now()) END) * 1000000)::bigint"
 
-#define DB_SALES_SERIES_PARAMS 11
-#define DB_SALES_SERIES_SQL                                                                        \
+/* The CTEs p (tz, gran, t_from, t_to from $2-$7) and s (the sorted bucket starts), shared by
+ * every bucketed series (db/delivery_metrics_sql.h too). */
+#define DB_SALES_RANGE_BUCKETS                                                                     \
     "WITH p AS MATERIALIZED ("                                                                     \
     " SELECT $2::text AS tz, $3::text AS gran,"                                                    \
     " " DB_SALES_BOUND("$4", "$5", "$2") " AS t_from,"                                             \
@@ -46,7 +47,11 @@
     "  SELECT l AT TIME ZONE p.tz FROM p, generate_series("                                        \
     "   date_trunc(p.gran, p.t_from, p.tz) AT TIME ZONE p.tz,"                                     \
     "   (p.t_to - interval '15 minutes') AT TIME ZONE p.tz, ('1 ' || p.gran)::interval) AS l"      \
-    "   WHERE p.gran <> 'hour') AS b),"                                                            \
+    "   WHERE p.gran <> 'hour') AS b)"
+
+#define DB_SALES_SERIES_PARAMS 11
+#define DB_SALES_SERIES_SQL                                                                        \
+    DB_SALES_RANGE_BUCKETS ","                                                                     \
     " agg AS ("                                                                                    \
     " SELECT width_bucket(r.bucket, s.starts) AS i,"                                               \
     "  CASE $11::text WHEN 'channel' THEN r.channel::bigint"                                       \

@@ -1,5 +1,6 @@
 #include "sql.h"
 
+#include "db/delivery_metrics_sql.h"
 #include "db/rankings_sql.h"
 #include "db/sales_sql.h"
 
@@ -50,6 +51,7 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
     [DB_SALES_SERIES] = {"sales_series", DB_SALES_SERIES_SQL, DB_SALES_SERIES_PARAMS},
     [DB_TOP_PRODUCTS] = {"top_products", DB_TOP_PRODUCTS_SQL, DB_TOP_PRODUCTS_PARAMS},
     [DB_PROMOTIONS] = {"promotions", DB_PROMOTIONS_SQL, DB_PROMOTIONS_PARAMS},
+    [DB_DELIVERY_SERIES] = {"delivery_series", DB_DELIVERY_SERIES_SQL, DB_DELIVERY_SERIES_PARAMS},
     [DB_WAL_LSN] = {"wal_lsn", "SELECT pg_current_wal_lsn()::text", 0},
     [DB_ENSURE_PARTITIONS] = {"ensure_partitions",
                               "SELECT cangrejo_ensure_partitions(to_timestamp($1::bigint), $2)", 2},
@@ -141,6 +143,21 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "WHERE (excluded.placed_at, excluded.order_id, excluded.line_no) > "
          "(p.placed_at, p.order_id, p.line_no)",
          6},
+    /* Delivery deltas (db/migrations/0006), pre-aggregated and sorted by key like the others;
+     * upserted after them and before the merchants' versions by every writer. */
+    [DB_INGEST_DELIVERIES] = {"ingest_deliveries",
+                              "INSERT INTO delivery_rollup_15m AS r (merchant_id, bucket, store_id, "
+                              "channel, deliveries, delivered, failed, delivered_us) "
+                              "SELECT m, to_timestamp(b), s, c, n, d, f, us "
+                              "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], "
+                              "$4::smallint[], $5::bigint[], $6::bigint[], $7::bigint[], "
+                              "$8::bigint[]) AS u(m, b, s, c, n, d, f, us) "
+                              "ON CONFLICT (merchant_id, bucket, store_id, channel) DO UPDATE SET "
+                              "deliveries = r.deliveries + excluded.deliveries, "
+                              "delivered = r.delivered + excluded.delivered, "
+                              "failed = r.failed + excluded.failed, "
+                              "delivered_us = r.delivered_us + excluded.delivered_us",
+                              8},
     [DB_INGEST_BUMP] = {"ingest_bump",
                         "UPDATE merchants SET data_version = data_version + 1 "
                         "WHERE merchant_id = ANY($1::bigint[]) "
@@ -212,12 +229,16 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                 "DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 "
                                 "AND state = 0",
                                 2},
-    /* The order an event is for, locked so that its events apply one at a time. */
+    /* The order an event is for, locked so that its events apply one at a time; its row in
+     * orders too, so that a cancellation (which locks only that) and an event that moves the
+     * delivery rollups never run at once. */
     [DB_DELIVERY_ORDER] = {"delivery_order",
-                           "SELECT o.fulfillment, (extract(epoch FROM o.placed_at) * 1000000)::bigint "
+                           "SELECT o.fulfillment, "
+                           "(extract(epoch FROM o.placed_at) * 1000000)::bigint, "
+                           "o.status, o.store_id, o.channel "
                            "FROM order_keys k JOIN orders o ON o.merchant_id = k.merchant_id "
                            "AND o.placed_at = k.placed_at AND o.order_id = k.order_id "
-                           "WHERE k.merchant_id = $1 AND k.order_id = $2 FOR UPDATE OF k",
+                           "WHERE k.merchant_id = $1 AND k.order_id = $2 FOR UPDATE OF k, o",
                            2},
     [DB_DELIVERY_EVENT_INSERT] = {"delivery_event_insert",
                                   "INSERT INTO delivery_events (merchant_id, provider, event_id, "
@@ -227,7 +248,8 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                   "ON CONFLICT DO NOTHING RETURNING 1",
                                   8},
     /* The latest event by occurred_at is the state; an earlier one never replaces it, and on
-     * a tie a terminal state (delivered, failed, cancelled) wins. */
+     * a tie a terminal state (delivered, failed, cancelled) wins. A row comes back when the
+     * state moved. */
     [DB_DELIVERY_STATE_UPSERT] =
         {"delivery_state_upsert",
          "INSERT INTO deliveries AS d (merchant_id, order_id, placed_at, status, provider, "
@@ -239,8 +261,15 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "occurred_at = excluded.occurred_at, eta = excluded.eta, "
          "courier_ref = excluded.courier_ref "
          "WHERE excluded.occurred_at > d.occurred_at OR (excluded.occurred_at = d.occurred_at "
-         "AND excluded.status >= 3 AND d.status < 3)",
+         "AND excluded.status >= 3 AND d.status < 3) RETURNING 1",
          9},
+    /* An order's current delivery state, read once the order is locked (a statement of its
+     * own, so that it sees what the transaction it may have waited for committed). */
+    [DB_DELIVERY_STATE_CURRENT] = {"delivery_state_current",
+                                   "SELECT status, "
+                                   "(extract(epoch FROM occurred_at) * 1000000)::bigint "
+                                   "FROM deliveries WHERE merchant_id = $1 AND order_id = $2",
+                                   2},
     [DB_DELIVERY_GET] =
         {"delivery_get",
          "SELECT d.event_id, d.provider, d.status, "

@@ -820,9 +820,11 @@ def test_migration_backfills_the_rollups_of_stored_orders(server, stack):
                 cur.execute("INSERT INTO merchants (merchant_id, name, timezone, currency) "
                             "VALUES (%s, 'old', 'Europe/Madrid', 'EUR')", (m,))
             models = _insert_stored_orders(cur, merchants, rng)
-            # Back to version 4, as before this migration; then migrate again.
-            cur.execute("DROP TABLE product_rollup_15m, product_names, promo_rollup_15m")
-            cur.execute("DELETE FROM schema_migrations WHERE version = 5")
+            # Back to version 4, as before this migration (and those after it); then migrate
+            # again.
+            cur.execute("DROP TABLE product_rollup_15m, product_names, promo_rollup_15m, "
+                        "delivery_rollup_15m")
+            cur.execute("DELETE FROM schema_migrations WHERE version >= 5")
         _migrate(server, url)
 
         products = collections.defaultdict(lambda: [0, 0])
