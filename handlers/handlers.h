@@ -62,6 +62,8 @@ void h_metrics_sales(struct srv_req *req);
 void h_metrics_products(struct srv_req *req);
 /* GET /v1/merchants/{merchant_id}/metrics/promotions */
 void h_metrics_promotions(struct srv_req *req);
+/* GET /v1/merchants/{merchant_id}/metrics/deliveries */
+void h_metrics_deliveries(struct srv_req *req);
 
 /* GET /v1/merchants/{merchant_id}/customers/{customer_ref}/export */
 void h_customers_export(struct srv_req *req);

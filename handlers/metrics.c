@@ -1,10 +1,12 @@
 /* Metrics: time series and rankings of a merchant's business, read from the cache, else from
  * a replica that has the merchant's writes. GET .../metrics/sales sums the 15-minute sales
- * rollups into the calendar buckets of a time zone; GET .../metrics/products and
- * .../metrics/promotions rank the 15-minute product and promotion rollups of a range. */
+ * rollups into the calendar buckets of a time zone, GET .../metrics/deliveries the 15-minute
+ * delivery rollups likewise; GET .../metrics/products and .../metrics/promotions rank the
+ * 15-minute product and promotion rollups of a range. */
 #include "handlers/metrics.h"
 
 #include "cache/cache.h"
+#include "db/delivery_metrics.h"
 #include "db/merchants.h"
 #include "db/rankings.h"
 #include "handlers/handlers.h"
@@ -29,6 +31,7 @@ enum {
 
 #define METRICS_CACHE_CONTROL "private, max-age=1"
 #define SALES_CACHE_FORMAT "sales:1" /* bump when the response body changes shape */
+#define DELIVERIES_CACHE_FORMAT "deliveries:1"
 #define PRODUCTS_CACHE_FORMAT "products:1"
 #define PROMOTIONS_CACHE_FORMAT "promotions:1"
 #define JSON_CONTENT_TYPE "application/json; charset=utf-8"
@@ -38,6 +41,10 @@ static const int64_t EARLIEST_EPOCH_S = -62135596800LL;
 
 const char *const h_metrics_sales_param_names[] = {
     "from", "to", "granularity", "tz", "store_id", "channel", "fulfillment", "group_by", NULL};
+
+/* Deliveries: every delivery order, so no fulfillment filter; one series, so no group_by. */
+const char *const h_metrics_deliveries_param_names[] = {
+    "from", "to", "granularity", "tz", "store_id", "channel", NULL};
 
 static const char *const granularities[] = {"hour", "day", "week", "month", NULL};
 static const char *const channels[] = {"online", "pos", NULL}; /* index = stored code */
@@ -193,8 +200,9 @@ static const char *parse_timezone(struct v_errors *v, const char *value)
     return value;
 }
 
-bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
-                                  struct h_metrics_sales_params *out)
+/* The parameters of every bucketed series: range, granularity, tz, store_id and channel. */
+static void parse_series_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                struct h_metrics_sales_params *out)
 {
     memset(out, 0, sizeof(*out));
     parse_range(get, ctx, v, &out->from, &out->to);
@@ -205,11 +213,26 @@ bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_er
     out->store_id = parse_store_id(v, optional_param(get, ctx, v, "store_id"));
     out->channel = parse_choice(v, "channel", optional_param(get, ctx, v, "channel"), channels,
                                 "must be online or pos");
+}
+
+bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                  struct h_metrics_sales_params *out)
+{
+    parse_series_params(get, ctx, v, out);
     out->fulfillment = parse_choice(v, "fulfillment", optional_param(get, ctx, v, "fulfillment"),
                                     fulfillments, "must be pickup, delivery or dine_in");
     int by = parse_choice(v, "group_by", optional_param(get, ctx, v, "group_by"), group_bys,
                           "must be channel, fulfillment or store_id");
     out->group_by = by < 0 ? NULL : group_bys[by];
+    return v_ok(v);
+}
+
+bool h_metrics_parse_deliveries_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                       struct h_metrics_sales_params *out)
+{
+    parse_series_params(get, ctx, v, out);
+    out->fulfillment = index_of(fulfillments, "delivery");
+    out->group_by = NULL;
     return v_ok(v);
 }
 
@@ -374,6 +397,21 @@ const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_
                          bound_key(a, &p->from), bound_key(a, &p->to), p->granularity, timezone,
                          currency, (long long)p->store_id, p->channel, p->fulfillment,
                          p->group_by ? p->group_by : "");
+}
+
+const char *h_metrics_deliveries_cache_field(struct arena *a,
+                                             const struct h_metrics_sales_params *p,
+                                             const char *timezone, const char *currency)
+{
+    return arena_sprintf(a, DELIVERIES_CACHE_FORMAT "|%s|%s|%s|%s|%s|%lld|%d",
+                         bound_key(a, &p->from), bound_key(a, &p->to), p->granularity, timezone,
+                         currency, (long long)p->store_id, p->channel);
+}
+
+int64_t h_metrics_mean_minutes_tenths(int64_t total_us, int64_t n)
+{
+    enum { US_PER_TENTH_MINUTE = 6000000 };
+    return n > 0 ? h_metrics_round_half_up(total_us, n * US_PER_TENTH_MINUTE) : 0;
 }
 
 const char *h_metrics_products_cache_field(struct arena *a,
@@ -562,6 +600,36 @@ static json_t *sales_json(struct srv_req *req, const struct sales_request *sr,
     }
     json_object_set_new(body, "group_by", json_string(group_by));
     json_object_set_new(body, "groups", groups_json(a, s, labels, group_by));
+    return body;
+}
+
+/* average_delivery_minutes: the mean rounded half up to one decimal, or null. */
+static json_t *average_minutes_json(const struct db_delivery_figures *f)
+{
+    if (f->delivered <= 0)
+        return json_null();
+    return json_real((double)h_metrics_mean_minutes_tenths(f->delivered_us, f->delivered) / 10.0);
+}
+
+static json_t *deliveries_json(struct srv_req *req, const struct sales_request *sr,
+                               const struct db_delivery_series *d)
+{
+    struct arena *a = req->arena;
+    const struct db_sales_series *s = &d->frame;
+    json_t *body = header_json(req, &s->from, &s->to, sr->params.granularity, sr->timezone,
+                               sr->currency, s->as_of_us);
+    json_t *buckets = json_array();
+    for (size_t i = 0; i < s->n_buckets; i++) {
+        const struct db_delivery_figures *f = &d->figures[i];
+        json_array_append_new(
+            buckets,
+            json_pack("{s:s, s:I, s:I, s:I, s:o}", "start",
+                      local_label(a, s->buckets[i].local_start, s->buckets[i].utc_offset_s),
+                      "deliveries", (json_int_t)f->deliveries, "delivered",
+                      (json_int_t)f->delivered, "failed", (json_int_t)f->failed,
+                      "average_delivery_minutes", average_minutes_json(f)));
+    }
+    json_object_set_new(body, "buckets", buckets);
     return body;
 }
 
@@ -757,6 +825,28 @@ static bool compute_sales(struct srv_req *req, const struct sales_request *sr,
     return true;
 }
 
+static bool compute_deliveries(struct srv_req *req, const struct sales_request *sr,
+                               struct metrics_read *mr, int64_t *version)
+{
+    struct h_app *app = req->app;
+    struct db_sales_query q = sales_query(req, sr);
+    struct db_delivery_series d;
+    enum db_sales_refusal refusal;
+    const char *role = NULL;
+    enum db_status st =
+        db_delivery_series(app->db, mr->min_lsn, req->arena, &q, &d, &role, &refusal);
+    if (!computed(req, st, refusal, role))
+        return false;
+    struct v_errors v = {.arena = req->arena};
+    if (!h_metrics_check_range(&sr->params, &d.frame, &v)) {
+        srv_reply_validation(req, v.list);
+        return false;
+    }
+    set_entry(req, mr, deliveries_json(req, sr, &d));
+    *version = d.frame.data_version;
+    return true;
+}
+
 static bool compute_products(struct srv_req *req, const struct h_metrics_products_params *p,
                              struct metrics_read *mr, int64_t *version)
 {
@@ -859,6 +949,26 @@ void h_metrics_sales(struct srv_req *req)
     if (!cached(req, &mr)) {
         int64_t version;
         if (!compute_sales(req, &sr, &mr, &version))
+            return;
+        store(req, &mr, version);
+    }
+    reply_entry(req, &mr.entry);
+}
+
+void h_metrics_deliveries(struct srv_req *req)
+{
+    struct sales_request sr;
+    struct v_errors v = unknown_params(req, h_metrics_deliveries_param_names);
+    h_metrics_parse_deliveries_params(request_query, req, &v, &sr.params);
+    struct metrics_read mr;
+    if (!params_valid(req, &v) || !begin_read(req, sr.params.timezone, &mr))
+        return;
+    sr.timezone = mr.timezone;
+    sr.currency = mr.currency;
+    mr.field = h_metrics_deliveries_cache_field(req->arena, &sr.params, mr.timezone, mr.currency);
+    if (!cached(req, &mr)) {
+        int64_t version;
+        if (!compute_deliveries(req, &sr, &mr, &version))
             return;
         store(req, &mr, version);
     }

@@ -53,6 +53,8 @@ typedef const char *(*h_metrics_query_fn)(void *ctx, const char *name, bool *rep
 /* The parameter names of the sales route, NULL-terminated. */
 extern const char *const h_metrics_sales_param_names[];
 
+/* The parameter names of the deliveries route, NULL-terminated. */
+extern const char *const h_metrics_deliveries_param_names[];
 /* The parameter names of the products route, NULL-terminated. */
 extern const char *const h_metrics_products_param_names[];
 /* The parameter names of the promotions route, NULL-terminated. */
@@ -62,6 +64,10 @@ extern const char *const h_metrics_promotions_param_names[];
  * name; the range checks that need the time zone come later (h_metrics_check_range). */
 bool h_metrics_parse_sales_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
                                   struct h_metrics_sales_params *out);
+/* Validates the deliveries parameters: the sales ones without fulfillment (always delivery,
+ * which *out gets) and group_by. */
+bool h_metrics_parse_deliveries_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
+                                       struct h_metrics_sales_params *out);
 /* Validates the products parameters (range and tz as for sales; sort, limit). */
 bool h_metrics_parse_products_params(h_metrics_query_fn get, void *ctx, struct v_errors *v,
                                      struct h_metrics_products_params *out);
@@ -85,6 +91,12 @@ bool h_metrics_etag_matches(const char *if_none_match, const char *etag);
  * currency it is computed for. */
 const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_sales_params *p,
                                         const char *timezone, const char *currency);
+/* The cache field of a deliveries response (parameters normalized, zone, currency). */
+const char *h_metrics_deliveries_cache_field(struct arena *a,
+                                             const struct h_metrics_sales_params *p,
+                                             const char *timezone, const char *currency);
+/* Tenths of a minute in the mean of n durations summing to total_us, rounded half up. */
+int64_t h_metrics_mean_minutes_tenths(int64_t total_us, int64_t n);
 /* The cache field of a products response (parameters normalized, zone, currency). */
 const char *h_metrics_products_cache_field(struct arena *a,
                                            const struct h_metrics_products_params *p,

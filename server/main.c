@@ -64,6 +64,8 @@ static const struct srv_route routes[] = {
      SRV_BODY_NONE, 0, h_metrics_products},
     {SRV_GET, "/v1/merchants/{merchant_id}/metrics/promotions", true, AUTH_SCOPE_METRICS_READ,
      SRV_BODY_NONE, 0, h_metrics_promotions},
+    {SRV_GET, "/v1/merchants/{merchant_id}/metrics/deliveries", true, AUTH_SCOPE_METRICS_READ,
+     SRV_BODY_NONE, 0, h_metrics_deliveries},
     {SRV_GET, "/v1/merchants/{merchant_id}/customers/{customer_ref}/export", true,
      AUTH_SCOPE_PII_READ, SRV_BODY_NONE, 0, h_customers_export},
     {SRV_DELETE, "/v1/merchants/{merchant_id}/customers/{customer_ref}", true,
