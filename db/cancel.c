@@ -121,6 +121,12 @@ static enum db_status cancel_on(struct db_conn *c, int64_t merchant_id, const ch
     if (!db_ok(r, PGRES_COMMAND_OK))
         return fail(c, r);
     PQclear(r);
+    char merchants[32];
+    const char *lock[] = {one(merchants, sizeof(merchants), merchant_id)};
+    r = db_exec(c, DB_MERCHANT_WRITE_LOCK, lock); /* no rebuild meanwhile */
+    if (!db_ok(r, PGRES_TUPLES_OK))
+        return fail(c, r);
+    PQclear(r);
     PGresult *row = db_exec(c, DB_ORDER_CANCEL, key);
     if (!db_ok(row, PGRES_TUPLES_OK))
         return fail(c, row);

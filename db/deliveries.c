@@ -151,6 +151,11 @@ static enum db_status record_on(struct db_conn *c, struct arena *a, int64_t merc
     if (!db_ok(r, PGRES_COMMAND_OK))
         return rollback_with(c, r, DB_ERROR);
     PQclear(r);
+    const char *lock[] = {arena_sprintf(a, "{%s}", mid)};
+    r = db_exec(c, DB_MERCHANT_WRITE_LOCK, lock); /* no rebuild meanwhile */
+    if (!db_ok(r, PGRES_TUPLES_OK))
+        return rollback_with(c, r, DB_ERROR);
+    PQclear(r);
     const char *key[] = {mid, e->order_id};
     r = db_exec(c, DB_DELIVERY_ORDER, key);
     if (!db_ok(r, PGRES_TUPLES_OK))

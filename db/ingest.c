@@ -207,6 +207,18 @@ static size_t find_key(const struct attempt *t, int64_t merchant_id, const char 
     return compare_keys(o->merchant_id, o->order_id, merchant_id, order_id) == 0 ? lo : t->n;
 }
 
+/* Holds off a rebuild of these merchants' rollups until this transaction ends. */
+static PGresult *lock_merchants(struct attempt *t)
+{
+    struct params p;
+    params_begin(&p, 1);
+    for (size_t i = 0; i < t->n; i++)
+        array_int(&p.cols[0], t->orders[i]->merchant_id);
+    PGresult *r = db_exec(t->c, DB_MERCHANT_WRITE_LOCK, params_end(&p));
+    params_free(&p);
+    return r;
+}
+
 static PGresult *run_gate(struct attempt *t)
 {
     struct params p;
@@ -989,7 +1001,8 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     memset(t->pii_stored, 0, t->n * sizeof(*t->pii_stored));
     if (!step(t, db_exec_simple(t->c, "BEGIN"), PGRES_COMMAND_OK, &failed))
         return failed;
-    bool ok = step(t, run_gate(t), PGRES_TUPLES_OK, &failed);
+    bool ok = step(t, lock_merchants(t), PGRES_TUPLES_OK, &failed) &&
+              step(t, run_gate(t), PGRES_TUPLES_OK, &failed);
     size_t inserted = 0;
     for (size_t i = 0; i < t->n; i++)
         inserted += t->inserted[i];

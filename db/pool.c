@@ -24,7 +24,7 @@ struct db_conn {
     struct db_pool *pool;
     PGconn *pg;
     struct db_conn *next_idle;
-    uint64_t prepared; /* bit i: statement i is prepared on this connection */
+    uint64_t prepared[2]; /* bit i: statement i is prepared on this connection */
     bool broken;
 };
 
@@ -70,7 +70,7 @@ struct db {
     pthread_cond_t monitor_wake;
 };
 
-_Static_assert(DB_STMT_COUNT_ <= 64, "db_conn.prepared holds 64 statements");
+_Static_assert(DB_STMT_COUNT_ <= 128, "db_conn.prepared holds 128 statements");
 
 static int64_t now_ms(void)
 {
@@ -542,7 +542,7 @@ static void note_connection_state(struct db_conn *c)
 
 static bool ensure_prepared(struct db_conn *c, enum db_stmt stmt)
 {
-    if (c->prepared & (1ull << stmt))
+    if (c->prepared[stmt / 64] & (1ull << (stmt % 64)))
         return true;
     const struct db_stmt_def *def = db_stmt_def(stmt);
     PGresult *r = PQprepare(c->pg, def->name, def->sql, def->n_params, NULL);
@@ -556,7 +556,7 @@ static bool ensure_prepared(struct db_conn *c, enum db_stmt stmt)
     }
     PQclear(r);
     if (ok)
-        c->prepared |= 1ull << stmt;
+        c->prepared[stmt / 64] |= 1ull << (stmt % 64);
     return ok;
 }
 

@@ -348,6 +348,59 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                                 "DELETE FROM order_pii "
                                 "WHERE merchant_id = $1 AND customer_ref = $2",
                                 2},
+    /* Every write of a merchant's orders holds this shared, so a rebuild (which takes it
+     * exclusively) sees no half-done write; taken first, in merchant order. */
+    [DB_MERCHANT_WRITE_LOCK] = {"merchant_write_lock",
+                                "SELECT pg_advisory_xact_lock_shared(cangrejo_merchant_lock_key(m)) "
+                                "FROM (SELECT DISTINCT m FROM unnest($1::bigint[]) AS u(m) "
+                                "ORDER BY m) AS s",
+                                1},
+    [DB_REPROCESS_CREATE] = {"reprocess_create",
+                             "INSERT INTO reprocess_jobs (job_id, merchant_id, range_from, range_to) "
+                             "VALUES ($1, $2, to_timestamp($3::bigint), to_timestamp($4::bigint))",
+                             4},
+    /* A queued job, or a running one whose runner stopped beating (a crashed server). */
+    [DB_REPROCESS_CLAIM] = {"reprocess_claim",
+                            "UPDATE reprocess_jobs SET state = 'running', heartbeat_at = now(), "
+                            "merchants_total = CASE WHEN merchant_id IS NULL THEN "
+                            "(SELECT count(*) FROM merchants) ELSE 1 END "
+                            "WHERE job_id = $1 AND (state = 'queued' OR (state = 'running' AND "
+                            "heartbeat_at < now() - interval '10 seconds')) "
+                            "RETURNING coalesce(merchant_id, 0), "
+                            "extract(epoch FROM range_from)::bigint, "
+                            "extract(epoch FROM range_to)::bigint, coalesce(resume_merchant, 0), "
+                            "coalesce(extract(epoch FROM resume_at)::bigint, 0)",
+                            1},
+    [DB_REPROCESS_MERCHANTS] = {"reprocess_merchants",
+                                "SELECT merchant_id FROM merchants WHERE merchant_id >= $1 "
+                                "AND ($2::bigint = 0 OR merchant_id = $2) "
+                                "ORDER BY merchant_id LIMIT 1000",
+                                2},
+    [DB_REPROCESS_REBUILD] = {"reprocess_rebuild",
+                              "SELECT cangrejo_rebuild_rollups($1, to_timestamp($2::bigint), "
+                              "to_timestamp($3::bigint))",
+                              3},
+    [DB_REPROCESS_PROGRESS] = {"reprocess_progress",
+                               "UPDATE reprocess_jobs SET resume_merchant = $2, "
+                               "resume_at = to_timestamp($3::bigint), "
+                               "merchants_done = merchants_done + $4::int, heartbeat_at = now() "
+                               "WHERE job_id = $1 AND state = 'running'",
+                               4},
+    [DB_REPROCESS_FINISH] = {"reprocess_finish",
+                             "UPDATE reprocess_jobs SET state = $2, error = $3, finished_at = now() "
+                             "WHERE job_id = $1",
+                             3},
+    [DB_REPROCESS_GET] = {"reprocess_get",
+                          "SELECT state, merchant_id, " UTC_TEXT("range_from") ", "
+                          UTC_TEXT("range_to") ", merchants_done, merchants_total, error "
+                          "FROM reprocess_jobs WHERE job_id = $1",
+                          1},
+    /* Jobs to pick up at start: queued, or left running by a runner that stopped beating. */
+    [DB_REPROCESS_STALE] = {"reprocess_stale",
+                            "SELECT job_id FROM reprocess_jobs WHERE state = 'queued' "
+                            "OR (state = 'running' AND heartbeat_at < now() - "
+                            "interval '10 seconds') ORDER BY created_at",
+                            0},
 };
 
 const struct db_stmt_def *db_stmt_def(enum db_stmt stmt)

@@ -70,4 +70,15 @@ void h_customers_export(struct srv_req *req);
 /* DELETE /v1/merchants/{merchant_id}/customers/{customer_ref} */
 void h_customers_erase(struct srv_req *req);
 
+/* POST /v1/admin/reprocess */
+void h_admin_reprocess(struct srv_req *req);
+/* GET /v1/admin/jobs/{job_id} */
+void h_admin_job(struct srv_req *req);
+/* A new random job id (32 hex characters). */
+void h_admin_new_job_id(char out[33]);
+/* After a rebuild step: publishes the merchant's new version and WAL position (ud: cache). */
+void h_admin_publish_rebuild(void *ud, int64_t merchant_id, int64_t version, uint64_t lsn);
+/* Runs (or resumes) a reprocess job on a job thread; false when the queue is full. */
+bool h_admin_start_job(struct h_app *app, const char *job_id);
+
 #endif

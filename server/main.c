@@ -2,9 +2,11 @@
 #include "cache/cache.h"
 #include "db/migrate.h"
 #include "db/pool.h"
+#include "db/reprocess.h"
 #include "db/retention.h"
 #include "db/writer.h"
 #include "handlers/handlers.h"
+#include "handlers/validate.h"
 #include "server/alloc.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -66,6 +68,9 @@ static const struct srv_route routes[] = {
      SRV_BODY_NONE, 0, h_metrics_promotions},
     {SRV_GET, "/v1/merchants/{merchant_id}/metrics/deliveries", true, AUTH_SCOPE_METRICS_READ,
      SRV_BODY_NONE, 0, h_metrics_deliveries},
+    {SRV_POST, "/v1/admin/reprocess", true, AUTH_SCOPE_ADMIN, SRV_BODY_JSON, SMALL_BODY_MAX,
+     h_admin_reprocess},
+    {SRV_GET, "/v1/admin/jobs/{job_id}", true, AUTH_SCOPE_ADMIN, SRV_BODY_NONE, 0, h_admin_job},
     {SRV_GET, "/v1/merchants/{merchant_id}/customers/{customer_ref}/export", true,
      AUTH_SCOPE_PII_READ, SRV_BODY_NONE, 0, h_customers_export},
     {SRV_DELETE, "/v1/merchants/{merchant_id}/customers/{customer_ref}", true,
@@ -92,6 +97,11 @@ static void print_usage(FILE *out)
             "               --seed N          random seed (default 42)\n"
             "               --days N          days of history up to now (default 42)\n"
             "               --orders-per-day N  per store on a weekday (default 60)\n"
+            "  reprocess  rebuild every derived figure of a range from the stored orders, while\n"
+            "             ingestion goes on; safe to repeat:\n"
+            "               --from RFC3339    start (inclusive, on a quarter hour)\n"
+            "               --to RFC3339      end (exclusive, on a quarter hour)\n"
+            "               --merchant ID     one merchant (default: every merchant)\n"
             "  retention  drop raw orders older than ORDER_RETENTION_MONTHS (rollups are kept);\n"
             "             run it daily (a CronJob); safe to run from several places at once\n"
             "  version    print the version\n"
@@ -140,6 +150,70 @@ static int cmd_migrate(void)
                      db_schema_version_expected(), applied);
         }
     }
+    config_free(&cfg);
+    return rc;
+}
+
+/* Runs a reprocess job in this process: the same job table and steps as the API's. */
+static int run_reprocess(const struct config *cfg, int64_t merchant, int64_t from_us,
+                         int64_t to_us)
+{
+    char err[512], job_id[33];
+    struct db_options dbo = {cfg->database_url, "", 2, 1, 30000, (unsigned)cfg->db_connect_timeout,
+                             600000, 0};
+    struct db *db = db_open(&dbo, err, sizeof(err));
+    struct cache *cache = db ? cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
+                                         sizeof(err))
+                             : NULL;
+    int rc = 1;
+    h_admin_new_job_id(job_id);
+    if (!db || !cache)
+        fprintf(stderr, "cangrejo reprocess: %s\n", err);
+    else if (db_reprocess_create(db, job_id, merchant, from_us / 1000000, to_us / 1000000) !=
+             DB_OK)
+        fprintf(stderr, "cangrejo reprocess: cannot record the job\n");
+    else if (db_reprocess_run(db, job_id, h_admin_publish_rebuild, cache) == DB_OK) {
+        printf("reprocess %s: succeeded\n", job_id);
+        rc = 0;
+    } else
+        fprintf(stderr, "cangrejo reprocess: job %s did not finish (see the log)\n", job_id);
+    cache_free(cache);
+    db_close(db);
+    return rc;
+}
+
+static int cmd_reprocess(int argc, char **argv)
+{
+    static const struct option opts[] = {{"from", required_argument, NULL, 'f'},
+                                         {"to", required_argument, NULL, 't'},
+                                         {"merchant", required_argument, NULL, 'm'},
+                                         {NULL, 0, NULL, 0}};
+    int64_t from = -1, to = -1, merchant = 0;
+    const int64_t quarter = 15 * 60 * 1000000LL;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        bool ok = c == 'f'   ? v_parse_timestamp(optarg, &from) && from % quarter == 0
+                  : c == 't' ? v_parse_timestamp(optarg, &to) && to % quarter == 0
+                  : c == 'm' ? (merchant = strtoll(optarg, NULL, 10)) > 0
+                             : false;
+        if (!ok) {
+            fprintf(stderr, "cangrejo reprocess: bad option (timestamps are RFC 3339 with an "
+                            "offset, on a quarter hour; see cangrejo help)\n");
+            return 2;
+        }
+    }
+    if (from < 0 || to <= from) {
+        fprintf(stderr, "cangrejo reprocess: --from and --to are required, --to after --from\n");
+        return 2;
+    }
+    struct config cfg;
+    if (!load_config(&cfg))
+        return 2;
+    int rc = 2;
+    if (!cfg.database_url || !*cfg.database_url)
+        fprintf(stderr, "cangrejo reprocess: DATABASE_URL is required\n");
+    else
+        rc = run_reprocess(&cfg, merchant, from, to);
     config_free(&cfg);
     return rc;
 }
@@ -316,6 +390,16 @@ static bool open_dependencies(struct serve_state *st)
     return true;
 }
 
+/* Reprocess jobs left queued, or running by a server that stopped, go on here. */
+static void resume_jobs(struct serve_state *st)
+{
+    char ids[16][33];
+    size_t n = db_reprocess_pending(st->db, ids, 16);
+    for (size_t i = 0; i < n; i++)
+        if (h_admin_start_job(&st->app, ids[i]))
+            log_info("reprocess %s: picked up", ids[i]);
+}
+
 static bool start_http(struct serve_state *st)
 {
     struct config *cfg = &st->cfg;
@@ -345,6 +429,7 @@ static bool start_http(struct serve_state *st)
     }
     log_info("listening on %s:%s (%s, %u threads)", cfg->listen_host, cfg->listen_port,
              st->tls_cert ? "https" : "http", so.threads);
+    resume_jobs(st);
     return true;
 }
 
@@ -428,6 +513,8 @@ int main(int argc, char **argv)
         return cmd_serve();
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate();
+    if (strcmp(cmd, "reprocess") == 0)
+        return cmd_reprocess(argc - 1, argv + 1);
     if (strcmp(cmd, "retention") == 0)
         return cmd_retention();
     if (strcmp(cmd, "seed") == 0)
