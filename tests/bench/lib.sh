@@ -1,5 +1,5 @@
 # Shared by the benchmark scripts: a release build, its own local stack (.local/bench-stack)
-# and a server on a free loopback port. Source it; it sets BIN, PORT, and exports the stack's
+# and a server on a free loopback port (without Redis when BENCH_NO_REDIS=1). Source it; it sets BIN, PORT, and exports the stack's
 # URLs; the server stops when the script exits.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -13,6 +13,7 @@ export STACK_DIR="$BENCH_ROOT/.local/bench-stack"
 bash deploy/local/stack.sh start >/dev/null
 eval "$(bash deploy/local/stack.sh env)"
 export DATABASE_URL DATABASE_REPLICA_URLS REDIS_URL
+[ "${BENCH_NO_REDIS:-0}" = 1 ] && REDIS_URL="" # measure the database path, every read uncached
 export JWT_HS256_SECRET=bench-secret-0123456789abcdef0123456789abcdef
 export PII_MASTER_KEY=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= # benchmark-only key
 PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
