@@ -99,18 +99,18 @@ BEGIN
       AND o.fulfillment = 1
     GROUP BY 1, 2, 3, 4;
 
-    -- The latest name of each sku the range touches, over all of the merchant's orders.
-    DELETE FROM product_names n WHERE n.merchant_id = m AND n.sku IN (
-        SELECT i.sku FROM order_items i
-        WHERE i.merchant_id = m AND i.placed_at >= lo AND i.placed_at < hi);
-    INSERT INTO product_names (merchant_id, sku, name, placed_at, order_id, line_no)
+    -- Latest product names, from the range's items: a name seen in the range replaces the
+    -- stored one unless that one comes from a later order (same order as the write path).
+    INSERT INTO product_names AS n (merchant_id, sku, name, placed_at, order_id, line_no)
     SELECT DISTINCT ON (sku COLLATE "C") merchant_id, sku, name, placed_at, order_id, line_no
-    FROM order_items i
-    WHERE i.merchant_id = m AND i.sku IN (
-        SELECT s.sku FROM order_items s
-        WHERE s.merchant_id = m AND s.placed_at >= lo AND s.placed_at < hi)
+    FROM order_items
+    WHERE merchant_id = m AND placed_at >= lo AND placed_at < hi
     ORDER BY sku COLLATE "C", placed_at DESC, order_id COLLATE "C" DESC, line_no DESC
-    ON CONFLICT (merchant_id, sku) DO NOTHING;
+    ON CONFLICT (merchant_id, sku) DO UPDATE
+    SET name = excluded.name, placed_at = excluded.placed_at, order_id = excluded.order_id,
+        line_no = excluded.line_no
+    WHERE (excluded.placed_at, excluded.order_id COLLATE "C", excluded.line_no)
+          >= (n.placed_at, n.order_id COLLATE "C", n.line_no);
 
     UPDATE merchants SET data_version = data_version + 1 WHERE merchant_id = m
     RETURNING data_version INTO version;
