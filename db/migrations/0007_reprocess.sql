@@ -70,8 +70,10 @@ BEGIN
             FROM order_items i
             JOIN orders ord ON ord.merchant_id = i.merchant_id AND ord.placed_at = i.placed_at
                            AND ord.order_id = i.order_id
+            -- the range on both sides, so that both prune to the range's partitions
             WHERE ord.status = 0 AND i.merchant_id = m AND i.placed_at >= lo
-              AND i.placed_at < hi) AS f
+              AND i.placed_at < hi AND ord.merchant_id = m AND ord.placed_at >= lo
+              AND ord.placed_at < hi) AS f
         WINDOW o AS (PARTITION BY f.merchant_id, f.placed_at, f.order_id)) AS allocated
     GROUP BY merchant_id, bucket, sku;
 
