@@ -17,6 +17,7 @@ struct run {
     int64_t merchant, at_s; /* resume point: merchant, and its range done up to at_s */
     db_reprocess_notify_fn notify;
     void *ud;
+    const atomic_bool *stop; /* shutting down: leave the rest to a later runner */
 };
 
 static const char *num(char *buf, size_t size, long long v)
@@ -132,6 +133,8 @@ static enum db_status rebuild_merchant(struct run *run, int64_t m)
 {
     int64_t lo = m == run->merchant && run->at_s > run->from_s ? run->at_s : run->from_s;
     for (; lo < run->to_s; lo += STEP_S) {
+        if (run->stop && atomic_load(run->stop))
+            return DB_UNAVAILABLE; /* left running and unlocked: resumed later */
         int64_t hi = lo + STEP_S < run->to_s ? lo + STEP_S : run->to_s;
         enum db_status st = rebuild_step(run, m, lo, hi);
         if (st != DB_OK)
@@ -170,17 +173,37 @@ static void finish(struct db *db, const char *job_id, const char *state, const c
     exec_one(db, DB_REPROCESS_FINISH, params, PGRES_COMMAND_OK, NULL);
 }
 
-enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_notify_fn notify,
-                                void *ud)
+/* Takes the job for this process: its advisory lock on a session kept for the whole run (c),
+ * then the claim. DB_CONFLICT when another runner has it or it is finished. */
+static enum db_status take_job(struct db_conn *c, const char *job_id, PGresult **claim)
 {
     const char *params[] = {job_id};
+    PGresult *r = db_exec(c, DB_REPROCESS_LOCK, params);
+    enum db_status st = db_ok(r, PGRES_TUPLES_OK) ? DB_OK : db_failure(c, r);
+    bool locked = st == DB_OK && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (st != DB_OK || !locked)
+        return st != DB_OK ? st : DB_CONFLICT;
+    *claim = db_exec(c, DB_REPROCESS_CLAIM, params);
+    st = db_ok(*claim, PGRES_TUPLES_OK) ? DB_OK : db_failure(c, *claim);
+    if (st == DB_OK && PQntuples(*claim) == 1)
+        return DB_OK;
+    PQclear(*claim);
+    PQclear(db_exec(c, DB_REPROCESS_UNLOCK, params));
+    return st != DB_OK ? st : DB_CONFLICT;
+}
+
+enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_notify_fn notify,
+                                void *ud, const atomic_bool *stop)
+{
+    struct db_conn *owner = db_acquire_primary(db);
+    if (!owner)
+        return DB_UNAVAILABLE;
     PGresult *r = NULL;
-    enum db_status st = exec_one(db, DB_REPROCESS_CLAIM, params, PGRES_TUPLES_OK, &r);
-    if (st != DB_OK)
+    enum db_status st = take_job(owner, job_id, &r);
+    if (st != DB_OK) {
+        db_release(owner);
         return st;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return DB_CONFLICT;
     }
     struct run run = {db,
                       job_id,
@@ -190,7 +213,8 @@ enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_
                       strtoll(PQgetvalue(r, 0, 3), NULL, 10),
                       strtoll(PQgetvalue(r, 0, 4), NULL, 10),
                       notify,
-                      ud};
+                      ud,
+                      stop};
     PQclear(r);
     log_info("reprocess %s: running", job_id);
     st = rebuild_all(&run);
@@ -198,7 +222,10 @@ enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_
         finish(db, job_id, "succeeded", NULL);
     else if (st != DB_UNAVAILABLE)
         finish(db, job_id, "failed", "a rebuild failed; see the server log");
-    /* unavailable: left running; its heartbeat stops and a later runner resumes it */
+    /* unavailable: left running, unlocked; a later runner resumes it */
+    const char *params[] = {job_id};
+    PQclear(db_exec(owner, DB_REPROCESS_UNLOCK, params));
+    db_release(owner);
     log_info("reprocess %s: %s", job_id,
              st == DB_OK ? "succeeded" : st == DB_UNAVAILABLE ? "interrupted" : "failed");
     return st;

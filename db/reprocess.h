@@ -6,6 +6,7 @@
 
 #include "db/pool.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,12 +30,14 @@ enum db_status db_reprocess_create(struct db *db, const char *job_id, int64_t me
 /* Reads a job; DB_NOT_FOUND when unknown. Strings are arena-owned. */
 enum db_status db_reprocess_get(struct db *db, struct arena *a, const char *job_id,
                                 struct db_reprocess_job *out);
-/* Claims a queued (or abandoned) job and runs it to the end. A database outage leaves it
- * running, to be resumed; a failed rebuild marks it failed. DB_CONFLICT when someone else
- * holds it. */
+/* Claims a queued (or abandoned) job and runs it to the end (or until *stop, between steps), holding a lock on its own
+ * session so that no one else runs it meanwhile and so that it is free again the moment this
+ * process dies. A database outage leaves it running, to be resumed; a failed rebuild marks it
+ * failed. DB_CONFLICT when another runner has it or it has finished. */
 enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_notify_fn notify,
-                                void *ud);
-/* Ids (33 bytes each) of jobs to pick up: queued, or abandoned by a stopped runner. */
+                                void *ud, const atomic_bool *stop);
+/* Ids (33 bytes each) of jobs that may need a runner: queued or running (db_reprocess_run
+ * tells the abandoned ones from those another runner holds). */
 size_t db_reprocess_pending(struct db *db, char (*ids)[33], size_t max);
 
 #endif

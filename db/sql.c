@@ -359,18 +359,24 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                              "INSERT INTO reprocess_jobs (job_id, merchant_id, range_from, range_to) "
                              "VALUES ($1, $2, to_timestamp($3::bigint), to_timestamp($4::bigint))",
                              4},
-    /* A queued job, or a running one whose runner stopped beating (a crashed server). */
+    /* A queued job, or a running one: the caller holds the job's lock (DB_REPROCESS_LOCK), so
+     * a running job it can claim is one whose runner is gone. */
     [DB_REPROCESS_CLAIM] = {"reprocess_claim",
                             "UPDATE reprocess_jobs SET state = 'running', heartbeat_at = now(), "
                             "merchants_total = CASE WHEN merchant_id IS NULL THEN "
                             "(SELECT count(*) FROM merchants) ELSE 1 END "
-                            "WHERE job_id = $1 AND (state = 'queued' OR (state = 'running' AND "
-                            "heartbeat_at < now() - interval '10 seconds')) "
+                            "WHERE job_id = $1 AND state IN ('queued', 'running') "
                             "RETURNING coalesce(merchant_id, 0), "
                             "extract(epoch FROM range_from)::bigint, "
                             "extract(epoch FROM range_to)::bigint, coalesce(resume_merchant, 0), "
                             "coalesce(extract(epoch FROM resume_at)::bigint, 0)",
                             1},
+    /* Held by the runner's own session for the whole run: a runner that dies (its session
+     * with it) frees the job at once for another to resume. */
+    [DB_REPROCESS_LOCK] = {"reprocess_lock",
+                           "SELECT pg_try_advisory_lock(hashtextextended($1, 20261122))", 1},
+    [DB_REPROCESS_UNLOCK] = {"reprocess_unlock",
+                             "SELECT pg_advisory_unlock(hashtextextended($1, 20261122))", 1},
     [DB_REPROCESS_MERCHANTS] = {"reprocess_merchants",
                                 "SELECT merchant_id FROM merchants WHERE merchant_id >= $1 "
                                 "AND ($2::bigint = 0 OR merchant_id = $2) "
@@ -395,11 +401,10 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                           UTC_TEXT("range_to") ", merchants_done, merchants_total, error "
                           "FROM reprocess_jobs WHERE job_id = $1",
                           1},
-    /* Jobs to pick up at start: queued, or left running by a runner that stopped beating. */
+    /* Jobs that may need a runner: queued, or running (maybe by a runner that is gone). */
     [DB_REPROCESS_STALE] = {"reprocess_stale",
-                            "SELECT job_id FROM reprocess_jobs WHERE state = 'queued' "
-                            "OR (state = 'running' AND heartbeat_at < now() - "
-                            "interval '10 seconds') ORDER BY created_at",
+                            "SELECT job_id FROM reprocess_jobs WHERE state IN ('queued', 'running') "
+                            "ORDER BY created_at",
                             0},
 };
 

@@ -31,7 +31,8 @@ void h_admin_publish_rebuild(void *ud, int64_t merchant_id, int64_t version, uin
 static void run_job(void *arg)
 {
     struct job_run *j = arg;
-    db_reprocess_run(j->app->db, j->job_id, h_admin_publish_rebuild, j->app->cache);
+    db_reprocess_run(j->app->db, j->job_id, h_admin_publish_rebuild, j->app->cache,
+                     &j->app->stopping);
     free(j);
 }
 

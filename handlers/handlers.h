@@ -4,6 +4,7 @@
 
 #include "server/http.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 struct db;
@@ -18,6 +19,7 @@ struct h_app {
     struct db_writer *writer;
     struct jobs *jobs; /* threads for batch uploads */
     unsigned retention_months; /* raw orders kept this long; 0: forever */
+    atomic_bool stopping;      /* shutdown began: long jobs stop between steps */
 };
 
 /* The OpenAPI document as JSON, generated at build time from openapi/openapi.yaml. */

@@ -1,6 +1,7 @@
 /* cangrejo: the binary's commands, the route table, and the serve lifecycle. */
 #include "cache/cache.h"
 #include "db/migrate.h"
+#include "db/merchants.h"
 #include "db/pool.h"
 #include "db/reprocess.h"
 #include "db/retention.h"
@@ -8,6 +9,7 @@
 #include "handlers/handlers.h"
 #include "handlers/validate.h"
 #include "server/alloc.h"
+#include "server/arena.h"
 #include "server/auth.h"
 #include "server/config.h"
 #include "server/crypto.h"
@@ -17,9 +19,12 @@
 #include "server/metrics.h"
 #include "server/seed.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +41,7 @@ enum {
     PEM_MAX = 1024 * KIB,
     BATCH_THREADS = 2,
     BATCH_QUEUE = 64,
+    JOB_WATCH_S = 5,
 };
 
 /* Every route of the API; the server checks token, scope and tenant before the handler. */
@@ -167,45 +173,78 @@ static int run_reprocess(const struct config *cfg, int64_t merchant, int64_t fro
                              : NULL;
     int rc = 1;
     h_admin_new_job_id(job_id);
+    struct arena *a = arena_new();
+    struct db_merchant m;
     if (!db || !cache)
         fprintf(stderr, "cangrejo reprocess: %s\n", err);
+    else if (merchant && db_merchant_get(db, a, merchant, &m) != DB_OK)
+        fprintf(stderr, "cangrejo reprocess: no merchant %lld\n", (long long)merchant);
     else if (db_reprocess_create(db, job_id, merchant, from_us / 1000000, to_us / 1000000) !=
              DB_OK)
         fprintf(stderr, "cangrejo reprocess: cannot record the job\n");
-    else if (db_reprocess_run(db, job_id, h_admin_publish_rebuild, cache) == DB_OK) {
+    else if (db_reprocess_run(db, job_id, h_admin_publish_rebuild, cache, NULL) == DB_OK) {
         printf("reprocess %s: succeeded\n", job_id);
         rc = 0;
     } else
         fprintf(stderr, "cangrejo reprocess: job %s did not finish (see the log)\n", job_id);
+    arena_free(a);
     cache_free(cache);
     db_close(db);
     return rc;
 }
 
-static int cmd_reprocess(int argc, char **argv)
+/* A positive merchant id written in plain digits. */
+static bool parse_merchant_id(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < 1 || !isdigit((unsigned char)*s))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Reads --from, --to and --merchant with the API's rules; false after printing why not. */
+static bool parse_reprocess_options(int argc, char **argv, int64_t *from, int64_t *to,
+                                    int64_t *merchant)
 {
     static const struct option opts[] = {{"from", required_argument, NULL, 'f'},
                                          {"to", required_argument, NULL, 't'},
                                          {"merchant", required_argument, NULL, 'm'},
                                          {NULL, 0, NULL, 0}};
-    int64_t from = -1, to = -1, merchant = 0;
-    const int64_t quarter = 15 * 60 * 1000000LL;
+    const int64_t quarter = 15 * 60 * 1000000LL, max_range = 400LL * 86400 * 1000000;
+    *from = *to = -1;
+    *merchant = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        bool ok = c == 'f'   ? v_parse_timestamp(optarg, &from) && from % quarter == 0
-                  : c == 't' ? v_parse_timestamp(optarg, &to) && to % quarter == 0
-                  : c == 'm' ? (merchant = strtoll(optarg, NULL, 10)) > 0
+        bool ok = c == 'f'   ? v_parse_timestamp(optarg, from) && *from % quarter == 0
+                  : c == 't' ? v_parse_timestamp(optarg, to) && *to % quarter == 0
+                  : c == 'm' ? parse_merchant_id(optarg, merchant)
                              : false;
         if (!ok) {
             fprintf(stderr, "cangrejo reprocess: bad option (timestamps are RFC 3339 with an "
-                            "offset, on a quarter hour; see cangrejo help)\n");
-            return 2;
+                            "offset, on a quarter hour; --merchant is a positive id)\n");
+            return false;
         }
     }
-    if (from < 0 || to <= from) {
-        fprintf(stderr, "cangrejo reprocess: --from and --to are required, --to after --from\n");
-        return 2;
+    if (optind < argc) {
+        fprintf(stderr, "cangrejo reprocess: unexpected argument \"%s\"\n", argv[optind]);
+        return false;
     }
+    if (*from < 0 || *to <= *from || *to - *from > max_range) {
+        fprintf(stderr, "cangrejo reprocess: --from and --to are required, --to after --from, "
+                        "at most 400 days apart\n");
+        return false;
+    }
+    return true;
+}
+
+static int cmd_reprocess(int argc, char **argv)
+{
+    int64_t from, to, merchant;
+    if (!parse_reprocess_options(argc, argv, &from, &to, &merchant))
+        return 2;
     struct config cfg;
     if (!load_config(&cfg))
         return 2;
@@ -336,6 +375,10 @@ struct serve_state {
     struct db_writer *writer;
     struct jobs *jobs;
     struct h_app app;
+    pthread_t watcher; /* resumes abandoned reprocess jobs */
+    pthread_mutex_t watch_lock;
+    pthread_cond_t watch_wake;
+    bool watching, watch_stop;
     struct crypto_keyring *pii_keys;
     char *tls_cert, *tls_key;
     struct srv *srv;
@@ -390,14 +433,52 @@ static bool open_dependencies(struct serve_state *st)
     return true;
 }
 
-/* Reprocess jobs left queued, or running by a server that stopped, go on here. */
+/* Reprocess jobs left queued, or running by a server that stopped, go on here (a job another
+ * runner holds is skipped by the runner itself). */
 static void resume_jobs(struct serve_state *st)
 {
     char ids[16][33];
     size_t n = db_reprocess_pending(st->db, ids, 16);
     for (size_t i = 0; i < n; i++)
-        if (h_admin_start_job(&st->app, ids[i]))
-            log_info("reprocess %s: picked up", ids[i]);
+        h_admin_start_job(&st->app, ids[i]);
+}
+
+/* Looks for jobs to resume every few seconds, until stopped. */
+static void *watch_jobs(void *arg)
+{
+    struct serve_state *st = arg;
+    pthread_mutex_lock(&st->watch_lock);
+    while (!st->watch_stop) {
+        pthread_mutex_unlock(&st->watch_lock);
+        resume_jobs(st);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += JOB_WATCH_S;
+        pthread_mutex_lock(&st->watch_lock);
+        if (!st->watch_stop)
+            pthread_cond_timedwait(&st->watch_wake, &st->watch_lock, &until);
+    }
+    pthread_mutex_unlock(&st->watch_lock);
+    return NULL;
+}
+
+static void start_job_watch(struct serve_state *st)
+{
+    pthread_mutex_init(&st->watch_lock, NULL);
+    pthread_cond_init(&st->watch_wake, NULL);
+    st->watching = pthread_create(&st->watcher, NULL, watch_jobs, st) == 0;
+}
+
+static void stop_job_watch(struct serve_state *st)
+{
+    if (!st->watching)
+        return;
+    pthread_mutex_lock(&st->watch_lock);
+    st->watch_stop = true;
+    pthread_cond_signal(&st->watch_wake);
+    pthread_mutex_unlock(&st->watch_lock);
+    pthread_join(st->watcher, NULL);
+    st->watching = false;
 }
 
 static bool start_http(struct serve_state *st)
@@ -429,7 +510,7 @@ static bool start_http(struct serve_state *st)
     }
     log_info("listening on %s:%s (%s, %u threads)", cfg->listen_host, cfg->listen_port,
              st->tls_cert ? "https" : "http", so.threads);
-    resume_jobs(st);
+    start_job_watch(st);
     return true;
 }
 
@@ -458,6 +539,8 @@ static void drain_and_stop(struct serve_state *st)
         log_warn("grace period over with %u request(s) in flight", srv_in_flight(st->srv));
     srv_stop(st->srv);
     st->srv = NULL;
+    stop_job_watch(st);
+    atomic_store(&st->app.stopping, true); /* rebuilds stop between steps, to be resumed */
     jobs_stop(st->jobs); /* finishes the batches still being stored */
     st->jobs = NULL;
     db_writer_stop(st->writer); /* commits whatever is still queued */
@@ -468,6 +551,7 @@ static void drain_and_stop(struct serve_state *st)
 static void close_all(struct serve_state *st)
 {
     srv_stop(st->srv);
+    stop_job_watch(st);
     jobs_stop(st->jobs);
     db_writer_stop(st->writer);
     metrics_shutdown();

@@ -6,10 +6,10 @@
 -- transaction; a rebuild takes it exclusively, so it never sees half of a concurrent write and a
 -- write never lands in rollups that the rebuild is replacing. (Collisions between merchants
 -- only make them wait for each other.)
-CREATE FUNCTION cangrejo_merchant_lock_key(m bigint) RETURNS bigint
+CREATE OR REPLACE FUNCTION cangrejo_merchant_lock_key(m bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT hashint8extended(m, 20261121) $$;
 
-CREATE TABLE reprocess_jobs (
+CREATE TABLE IF NOT EXISTS reprocess_jobs (
     job_id           text PRIMARY KEY,
     merchant_id      bigint,               -- NULL: every merchant
     range_from       timestamptz NOT NULL,
@@ -21,14 +21,14 @@ CREATE TABLE reprocess_jobs (
     resume_merchant  bigint,               -- the merchant being rebuilt (merchants go in id order)
     resume_at        timestamptz,          -- ... rebuilt up to here
     error            text,
-    heartbeat_at     timestamptz,
+    heartbeat_at     timestamptz,          -- last step committed
     created_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz
 );
 
 -- Rebuilds merchant m's rollups for [lo, hi) (15-minute aligned) from scratch and bumps its data
 -- version; returns the new version. One transaction: the old figures or the new ones, never half.
-CREATE FUNCTION cangrejo_rebuild_rollups(m bigint, lo timestamptz, hi timestamptz)
+CREATE OR REPLACE FUNCTION cangrejo_rebuild_rollups(m bigint, lo timestamptz, hi timestamptz)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     version bigint;
