@@ -18,6 +18,11 @@ def c_string(text):
 
 def main():
     output, inputs = sys.argv[1], sys.argv[2:]
+    listed = {os.path.abspath(p) for p in inputs}
+    directory = os.path.dirname(os.path.abspath(inputs[0]))
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".sql") and os.path.join(directory, name) not in listed:
+            sys.exit(f"db/migrations/{name} is not listed in meson.build's migrations")
     found = []
     for path in inputs:
         name = os.path.basename(path)

