@@ -1,6 +1,6 @@
-# Shared by the benchmark scripts: a release build, its own local stack (.local/bench-stack)
-# and a server on a free loopback port (without Redis when BENCH_NO_REDIS=1). Source it; it sets BIN, PORT, and exports the stack's
-# URLs; the server stops when the script exits.
+# Shared by the benchmark scripts: a release build, its own local stack (.local/bench-stack, or
+# BENCH_STACK_DIR) and a server on a free loopback port (without Redis when BENCH_NO_REDIS=1).
+# Source it; it sets BIN and PORT and exports the stack's URLs; the server stops at exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 BENCH_ROOT=$(pwd)
@@ -9,7 +9,7 @@ bash deploy/local/deps.sh --test
 [ -d build-bench ] || meson setup build-bench --buildtype=release >/dev/null
 ninja -C build-bench >/dev/null
 
-export STACK_DIR="$BENCH_ROOT/.local/bench-stack"
+export STACK_DIR="${BENCH_STACK_DIR:-$BENCH_ROOT/.local/bench-stack}"
 bash deploy/local/stack.sh start >/dev/null
 eval "$(bash deploy/local/stack.sh env)"
 export DATABASE_URL DATABASE_REPLICA_URLS REDIS_URL
