@@ -6,22 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static enum db_status run(struct db *db, enum db_stmt stmt, const char *const *params,
-                          ExecStatusType want, PGresult **out)
-{
-    struct db_conn *c = db_acquire_primary(db);
-    if (!c)
-        return DB_UNAVAILABLE;
-    PGresult *r = db_exec(c, stmt, params);
-    enum db_status st = db_ok(r, want) ? DB_OK : db_failure(c, r);
-    db_release(c);
-    if (st == DB_OK && out)
-        *out = r;
-    else
-        PQclear(r);
-    return st;
-}
-
 enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merchant_id,
                                     const char *key, enum db_idempotency *outcome,
                                     const char **hash_hex, unsigned *status, const char **body)
@@ -30,7 +14,7 @@ enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merc
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
     const char *params[] = {mid, key};
     PGresult *r = NULL;
-    enum db_status st = run(db, DB_IDEMPOTENCY_CLAIM, params, PGRES_TUPLES_OK, &r);
+    enum db_status st = db_run_primary(db, DB_IDEMPOTENCY_CLAIM, params, PGRES_TUPLES_OK, &r);
     if (st != DB_OK)
         return st;
     bool claimed = PQntuples(r) == 1;
@@ -39,7 +23,7 @@ enum db_status db_idempotency_claim(struct db *db, struct arena *a, int64_t merc
         *outcome = IDEMPOTENCY_CLAIMED;
         return DB_OK;
     }
-    st = run(db, DB_IDEMPOTENCY_GET, params, PGRES_TUPLES_OK, &r);
+    st = db_run_primary(db, DB_IDEMPOTENCY_GET, params, PGRES_TUPLES_OK, &r);
     if (st != DB_OK)
         return st;
     /* Gone meanwhile (released by a failed first request): the client may simply retry. */
@@ -60,7 +44,7 @@ enum db_status db_idempotency_set_hash(struct db *db, int64_t merchant_id, const
     char mid[24];
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
     const char *params[] = {mid, key, hash_hex};
-    return run(db, DB_IDEMPOTENCY_SET_HASH, params, PGRES_COMMAND_OK, NULL);
+    return db_run_primary(db, DB_IDEMPOTENCY_SET_HASH, params, PGRES_COMMAND_OK, NULL);
 }
 
 enum db_status db_idempotency_finish(struct db *db, int64_t merchant_id, const char *key,
@@ -70,7 +54,7 @@ enum db_status db_idempotency_finish(struct db *db, int64_t merchant_id, const c
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
     snprintf(st, sizeof(st), "%u", status);
     const char *params[] = {mid, key, st, body};
-    return run(db, DB_IDEMPOTENCY_FINISH, params, PGRES_COMMAND_OK, NULL);
+    return db_run_primary(db, DB_IDEMPOTENCY_FINISH, params, PGRES_COMMAND_OK, NULL);
 }
 
 void db_idempotency_release(struct db *db, int64_t merchant_id, const char *key)
@@ -78,5 +62,5 @@ void db_idempotency_release(struct db *db, int64_t merchant_id, const char *key)
     char mid[24];
     snprintf(mid, sizeof(mid), "%lld", (long long)merchant_id);
     const char *params[] = {mid, key};
-    run(db, DB_IDEMPOTENCY_RELEASE, params, PGRES_COMMAND_OK, NULL);
+    db_run_primary(db, DB_IDEMPOTENCY_RELEASE, params, PGRES_COMMAND_OK, NULL);
 }

@@ -571,6 +571,22 @@ PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *param
     return r;
 }
 
+enum db_status db_run_primary(struct db *db, enum db_stmt stmt, const char *const *params,
+                              ExecStatusType want, PGresult **out)
+{
+    struct db_conn *c = db_acquire_primary(db);
+    if (!c)
+        return DB_UNAVAILABLE;
+    PGresult *r = db_exec(c, stmt, params);
+    enum db_status st = db_ok(r, want) ? DB_OK : db_failure(c, r);
+    db_release(c);
+    if (st == DB_OK && out)
+        *out = r;
+    else
+        PQclear(r);
+    return st;
+}
+
 PGresult *db_exec_simple(struct db_conn *c, const char *sql)
 {
     PGresult *r = PQexec(c->pg, sql);

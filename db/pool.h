@@ -62,6 +62,10 @@ void db_release(struct db_conn *c);
 /* Runs a prepared statement with text parameters (NULL = SQL NULL). Never NULL: check
  * db_ok(). A connection-level failure marks the connection broken. */
 PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *params);
+/* Runs one statement on a primary connection taken and given back; DB_OK with the result in
+ * *out (when out is given; PQclear it), or why not. */
+enum db_status db_run_primary(struct db *db, enum db_stmt stmt, const char *const *params,
+                              ExecStatusType want, PGresult **out);
 /* Runs a plain SQL command without parameters (BEGIN, COMMIT, ROLLBACK). */
 PGresult *db_exec_simple(struct db_conn *c, const char *sql);
 /* True when res has the expected status. */

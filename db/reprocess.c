@@ -26,29 +26,13 @@ static const char *num(char *buf, size_t size, long long v)
     return buf;
 }
 
-static enum db_status exec_one(struct db *db, enum db_stmt stmt, const char *const *params,
-                               ExecStatusType want, PGresult **out)
-{
-    struct db_conn *c = db_acquire_primary(db);
-    if (!c)
-        return DB_UNAVAILABLE;
-    PGresult *r = db_exec(c, stmt, params);
-    enum db_status st = db_ok(r, want) ? DB_OK : db_failure(c, r);
-    db_release(c);
-    if (st == DB_OK && out)
-        *out = r;
-    else
-        PQclear(r);
-    return st;
-}
-
 enum db_status db_reprocess_create(struct db *db, const char *job_id, int64_t merchant_id,
                                    int64_t from_s, int64_t to_s)
 {
     char m[24], f[24], t[24];
     const char *params[] = {job_id, merchant_id ? num(m, sizeof(m), merchant_id) : NULL,
                             num(f, sizeof(f), from_s), num(t, sizeof(t), to_s)};
-    return exec_one(db, DB_REPROCESS_CREATE, params, PGRES_COMMAND_OK, NULL);
+    return db_run_primary(db, DB_REPROCESS_CREATE, params, PGRES_COMMAND_OK, NULL);
 }
 
 enum db_status db_reprocess_get(struct db *db, struct arena *a, const char *job_id,
@@ -56,7 +40,7 @@ enum db_status db_reprocess_get(struct db *db, struct arena *a, const char *job_
 {
     const char *params[] = {job_id};
     PGresult *r = NULL;
-    enum db_status st = exec_one(db, DB_REPROCESS_GET, params, PGRES_TUPLES_OK, &r);
+    enum db_status st = db_run_primary(db, DB_REPROCESS_GET, params, PGRES_TUPLES_OK, &r);
     if (st != DB_OK)
         return st;
     if (PQntuples(r) == 0) {
@@ -152,7 +136,8 @@ static enum db_status rebuild_all(struct run *run)
         const char *params[] = {num(from, sizeof(from), next),
                                 num(only, sizeof(only), run->only_merchant)};
         PGresult *r = NULL;
-        enum db_status st = exec_one(run->db, DB_REPROCESS_MERCHANTS, params, PGRES_TUPLES_OK, &r);
+        enum db_status st =
+            db_run_primary(run->db, DB_REPROCESS_MERCHANTS, params, PGRES_TUPLES_OK, &r);
         if (st != DB_OK)
             return st;
         int rows = PQntuples(r);
@@ -170,7 +155,7 @@ static enum db_status rebuild_all(struct run *run)
 static void finish(struct db *db, const char *job_id, const char *state, const char *error)
 {
     const char *params[] = {job_id, state, error};
-    exec_one(db, DB_REPROCESS_FINISH, params, PGRES_COMMAND_OK, NULL);
+    db_run_primary(db, DB_REPROCESS_FINISH, params, PGRES_COMMAND_OK, NULL);
 }
 
 /* Takes the job for this process: its advisory lock on a session kept for the whole run (c),
@@ -227,14 +212,16 @@ enum db_status db_reprocess_run(struct db *db, const char *job_id, db_reprocess_
     PQclear(db_exec(owner, DB_REPROCESS_UNLOCK, params));
     db_release(owner);
     log_info("reprocess %s: %s", job_id,
-             st == DB_OK ? "succeeded" : st == DB_UNAVAILABLE ? "interrupted" : "failed");
+             st == DB_OK            ? "succeeded"
+             : st == DB_UNAVAILABLE ? "interrupted"
+                                    : "failed");
     return st;
 }
 
 size_t db_reprocess_pending(struct db *db, char (*ids)[33], size_t max)
 {
     PGresult *r = NULL;
-    if (exec_one(db, DB_REPROCESS_STALE, NULL, PGRES_TUPLES_OK, &r) != DB_OK)
+    if (db_run_primary(db, DB_REPROCESS_STALE, NULL, PGRES_TUPLES_OK, &r) != DB_OK)
         return 0;
     size_t n = 0;
     for (int i = 0; i < PQntuples(r) && n < max; i++)
