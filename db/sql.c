@@ -87,16 +87,19 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                          "AS x(m, p, o, l, s, n, q, u)",
                          8},
     /* Deltas come pre-aggregated and sorted by key, so concurrent writers lock rollup rows in
-     * one order and cannot deadlock. */
+     * one order and cannot deadlock. The same deltas, summed per merchant and UTC hour (in that
+     * order), keep sales_rollup_1h; every writer (ingest, cancellation) goes through this one
+     * statement, so all of them take the hourly rows and then the 15-minute ones alike. */
     [DB_INGEST_ROLLUP] =
         {"ingest_rollup",
-         "INSERT INTO sales_rollup_15m AS r (merchant_id, bucket, store_id, channel, fulfillment, "
-         "orders, cancelled_orders, items_sold, gross_cents, discount_cents, net_cents, "
-         "tax_cents, total_cents) "
-         "SELECT m, to_timestamp(b), s, c, f, o, x, i, g, d, n, t, tot "
+         "WITH d AS (SELECT m, to_timestamp(b) AS b, s, c, f, o, x, i, g, d, n, t, tot "
          "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::smallint[], "
          "$6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
-         "$12::bigint[], $13::bigint[]) AS u(m, b, s, c, f, o, x, i, g, d, n, t, tot) "
+         "$12::bigint[], $13::bigint[]) AS u(m, b, s, c, f, o, x, i, g, d, n, t, tot)), "
+         "quarters AS (INSERT INTO sales_rollup_15m AS r (merchant_id, bucket, store_id, "
+         "channel, fulfillment, orders, cancelled_orders, items_sold, gross_cents, "
+         "discount_cents, net_cents, tax_cents, total_cents) "
+         "SELECT m, b, s, c, f, o, x, i, g, d, n, t, tot FROM d "
          "ON CONFLICT (merchant_id, bucket, store_id, channel, fulfillment) DO UPDATE SET "
          "orders = r.orders + excluded.orders, "
          "cancelled_orders = r.cancelled_orders + excluded.cancelled_orders, "
@@ -105,7 +108,20 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
          "discount_cents = r.discount_cents + excluded.discount_cents, "
          "net_cents = r.net_cents + excluded.net_cents, "
          "tax_cents = r.tax_cents + excluded.tax_cents, "
-         "total_cents = r.total_cents + excluded.total_cents",
+         "total_cents = r.total_cents + excluded.total_cents) "
+         "INSERT INTO sales_rollup_1h AS h (merchant_id, hour, orders, cancelled_orders, "
+         "items_sold, gross_cents, discount_cents, net_cents, tax_cents, total_cents) "
+         "SELECT m, date_bin('1 hour', b, timestamptz 'epoch'), sum(o), sum(x), sum(i), sum(g), "
+         "sum(d), sum(n), sum(t), sum(tot) FROM d GROUP BY 1, 2 ORDER BY 1, 2 "
+         "ON CONFLICT (merchant_id, hour) DO UPDATE SET "
+         "orders = h.orders + excluded.orders, "
+         "cancelled_orders = h.cancelled_orders + excluded.cancelled_orders, "
+         "items_sold = h.items_sold + excluded.items_sold, "
+         "gross_cents = h.gross_cents + excluded.gross_cents, "
+         "discount_cents = h.discount_cents + excluded.discount_cents, "
+         "net_cents = h.net_cents + excluded.net_cents, "
+         "tax_cents = h.tax_cents + excluded.tax_cents, "
+         "total_cents = h.total_cents + excluded.total_cents",
          13},
     /* Product and promotion deltas, pre-aggregated and sorted by key like the sales ones. */
     [DB_INGEST_PRODUCTS] = {"ingest_products",

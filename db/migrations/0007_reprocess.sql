@@ -114,6 +114,11 @@ BEGIN
     WHERE (excluded.placed_at, excluded.order_id COLLATE "C", excluded.line_no)
           >= (n.placed_at, n.order_id COLLATE "C", n.line_no);
 
+    -- The hourly sales (schema version 8 on): the hours the range touches, whole.
+    IF to_regproc('cangrejo_rebuild_hours') IS NOT NULL THEN
+        PERFORM cangrejo_rebuild_hours(m, lo, hi);
+    END IF;
+
     UPDATE merchants SET data_version = data_version + 1 WHERE merchant_id = m
     RETURNING data_version INTO version;
     RETURN version;

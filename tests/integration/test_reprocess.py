@@ -332,6 +332,9 @@ TABLES = {
     "delivery": ("SELECT bucket, store_id, channel, deliveries, delivered, failed, delivered_us "
                  "FROM delivery_rollup_15m WHERE merchant_id = %s", 3),
     "names": ("SELECT sku, name FROM product_names WHERE merchant_id = %s", 1),
+    "hourly": ("SELECT hour, orders, cancelled_orders, items_sold, gross_cents, discount_cents, "
+               "net_cents, tax_cents, total_cents FROM sales_rollup_1h WHERE merchant_id = %s "
+               "AND (orders <> 0 OR cancelled_orders <> 0)", 1),
 }
 
 RECOMPUTE = {
@@ -408,6 +411,11 @@ def recompute(conn, merchant_id):
             s[1] += share
     out["product"] = {k: tuple(v) for k, v in products.items() if any(v)}
     out["names"] = {(sku,): (name,) for sku, (_, name) in names.items()}
+    hourly = collections.defaultdict(lambda: [0] * 8)
+    for (bucket, *_), figures in out["sales"].items():
+        hour = bucket.replace(minute=0)
+        hourly[hour] = [a + b for a, b in zip(hourly[hour], figures)]
+    out["hourly"] = {(h,): tuple(v) for h, v in hourly.items() if v[0] or v[1]}
     return out
 
 
@@ -415,6 +423,10 @@ def corrupt(conn, merchant_id, at):
     """What a processing bug could leave: changed, missing and bogus rows, a wrong name."""
     day = dt.datetime.combine(at.date(), dt.time(), UTC)
     with conn.cursor() as cur:
+        cur.execute("UPDATE sales_rollup_1h SET orders = orders + 3, net_cents = net_cents + 777, "
+                    "items_sold = items_sold + 1 WHERE merchant_id = %s AND hour >= %s "
+                    "AND hour < %s", (merchant_id, day, day + dt.timedelta(hours=12)))
+        assert cur.rowcount > 0
         cur.execute("UPDATE sales_rollup_15m SET orders = orders + 3, net_cents = net_cents + 777, "
                     "items_sold = items_sold + 1 WHERE merchant_id = %s AND bucket >= %s "
                     "AND bucket < %s", (merchant_id, day, day + dt.timedelta(hours=12)))
