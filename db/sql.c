@@ -89,7 +89,7 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
     /* Deltas come pre-aggregated and sorted by key, so concurrent writers lock rollup rows in
      * one order and cannot deadlock. The same deltas, summed per merchant and UTC hour (in that
      * order), keep sales_rollup_1h; every writer (ingest, cancellation) goes through this one
-     * statement, so all of them take the hourly rows and then the 15-minute ones alike. */
+     * statement, so all of them lock the rows of both tables in the same order. */
     [DB_INGEST_ROLLUP] =
         {"ingest_rollup",
          "WITH d AS (SELECT m, to_timestamp(b) AS b, s, c, f, o, x, i, g, d, n, t, tot "
