@@ -29,55 +29,31 @@ enum {
 
 enum { ROW_HEADER = 0, ROW_RANKED = 1, MAX_PARAMS = 8 };
 
-/* PostgreSQL's SQLSTATE for "time zone ... not recognized" (invalid_parameter_value). */
-#define SQLSTATE_UNKNOWN_TIMEZONE "22023"
-
-static const char *int_text(struct arena *a, int64_t v)
-{
-    return arena_sprintf(a, "%" PRId64, v);
-}
-
-static void bound_params(struct arena *a, const struct db_sales_bound *b, const char **epoch,
-                         const char **date)
-{
-    *epoch = b->is_date ? NULL : int_text(a, b->epoch_s);
-    *date = b->is_date ? b->date : NULL;
-}
-
 static void ranking_params(struct arena *a, const struct db_ranking_query *q,
                            const char *params[MAX_PARAMS])
 {
-    params[0] = int_text(a, q->merchant_id);
+    params[0] = db_int_param(a, q->merchant_id);
     params[1] = q->timezone;
-    bound_params(a, &q->from, &params[2], &params[3]);
-    bound_params(a, &q->to, &params[4], &params[5]);
+    db_bound_params(a, &q->from, &params[2], &params[3]);
+    db_bound_params(a, &q->to, &params[4], &params[5]);
     params[6] = q->sort;
-    params[7] = int_text(a, q->limit);
-}
-
-static int64_t col_int(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
-static const char *col_text(struct arena *a, const PGresult *r, int row, int col)
-{
-    return arena_strndup(a, PQgetvalue(r, row, col), (size_t)PQgetlength(r, row, col));
+    params[7] = db_int_param(a, q->limit);
 }
 
 /* False when the merchant does not exist (in this server's snapshot). */
 static bool read_header(struct arena *a, const PGresult *r, struct db_ranking *out)
 {
-    if (PQntuples(r) < 1 || PQnfields(r) != COL_COUNT_ || col_int(r, 0, COL_KIND) != ROW_HEADER ||
-        PQgetisnull(r, 0, COL_DATA_VERSION))
+    if (PQntuples(r) < 1 || PQnfields(r) != COL_COUNT_ ||
+        db_col_int(r, 0, COL_KIND) != ROW_HEADER || PQgetisnull(r, 0, COL_DATA_VERSION))
         return false;
-    out->data_version = col_int(r, 0, COL_DATA_VERSION);
-    out->as_of_us = col_int(r, 0, COL_AS_OF_US);
-    out->from =
-        (struct db_sales_instant){col_int(r, 0, COL_FROM_S), col_text(a, r, 0, COL_FROM_LABEL),
-                                  (int32_t)col_int(r, 0, COL_FROM_OFFSET)};
-    out->to = (struct db_sales_instant){col_int(r, 0, COL_TO_S), col_text(a, r, 0, COL_TO_LABEL),
-                                        (int32_t)col_int(r, 0, COL_TO_OFFSET)};
+    out->data_version = db_col_int(r, 0, COL_DATA_VERSION);
+    out->as_of_us = db_col_int(r, 0, COL_AS_OF_US);
+    out->from = (struct db_sales_instant){db_col_int(r, 0, COL_FROM_S),
+                                          db_col_text(a, r, 0, COL_FROM_LABEL),
+                                          (int32_t)db_col_int(r, 0, COL_FROM_OFFSET)};
+    out->to =
+        (struct db_sales_instant){db_col_int(r, 0, COL_TO_S), db_col_text(a, r, 0, COL_TO_LABEL),
+                                  (int32_t)db_col_int(r, 0, COL_TO_OFFSET)};
     return true;
 }
 
@@ -91,54 +67,33 @@ static void read_ranked(struct arena *a, const PGresult *r, bool products, struc
     else
         out->promotions = arena_alloc(a, (rows + 1) * sizeof(*out->promotions));
     for (int row = 1; row <= (int)rows; row++) {
-        if (col_int(r, row, COL_KIND) != ROW_RANKED)
+        if (db_col_int(r, row, COL_KIND) != ROW_RANKED)
             continue;
-        const char *key = col_text(a, r, row, COL_KEY);
+        const char *key = db_col_text(a, r, row, COL_KEY);
         if (products)
             out->products[out->n++] =
-                (struct db_product_row){key, col_text(a, r, row, COL_NAME), col_int(r, row, COL_F1),
-                                        col_int(r, row, COL_F2)};
+                (struct db_product_row){key, db_col_text(a, r, row, COL_NAME),
+                                        db_col_int(r, row, COL_F1), db_col_int(r, row, COL_F2)};
         else
-            out->promotions[out->n++] = (struct db_promotion_row){
-                key, col_int(r, row, COL_F1), col_int(r, row, COL_F2), col_int(r, row, COL_F3)};
+            out->promotions[out->n++] =
+                (struct db_promotion_row){key, db_col_int(r, row, COL_F1),
+                                          db_col_int(r, row, COL_F2), db_col_int(r, row, COL_F3)};
     }
 }
 
-static enum db_status run_ranking(struct db_conn *c, struct arena *a, enum db_stmt stmt,
-                                  const char *const *params, struct db_ranking *out,
-                                  enum db_sales_refusal *refusal)
-{
-    PGresult *r = db_exec(c, stmt, params);
-    enum db_status st = DB_OK;
-    if (!db_ok(r, PGRES_TUPLES_OK)) {
-        if (strcmp(db_sqlstate(r), SQLSTATE_UNKNOWN_TIMEZONE) == 0) {
-            *refusal = DB_SALES_UNKNOWN_TIMEZONE;
-            st = DB_ERROR;
-        } else {
-            st = db_failure(c, r);
-        }
-    } else if (!read_header(a, r, out)) {
-        st = DB_NOT_FOUND;
-    } else {
-        read_ranked(a, r, stmt == DB_TOP_PRODUCTS, out);
-    }
-    PQclear(r);
-    return st;
-}
+/* What parse_ranking fills: the ranking, and whether it is of products (else promotions). */
+struct ranking_result {
+    struct db_ranking *out;
+    bool products;
+};
 
-/* Runs the statement on c (NULL: none came free) and releases it; *lost tells whether the
- * connection itself failed, so that another server may be tried. */
-static enum db_status ranking_on(struct db_conn *c, struct arena *a, enum db_stmt stmt,
-                                 const char *const *params, struct db_ranking *out,
-                                 enum db_sales_refusal *refusal, bool *lost)
+static enum db_status parse_ranking(struct arena *a, const PGresult *r, void *ud)
 {
-    *lost = false;
-    if (!c)
-        return DB_UNAVAILABLE;
-    enum db_status st = run_ranking(c, a, stmt, params, out, refusal);
-    *lost = PQstatus(db_pg(c)) != CONNECTION_OK;
-    db_release(c);
-    return st;
+    struct ranking_result *res = ud;
+    if (!read_header(a, r, res->out))
+        return DB_NOT_FOUND;
+    read_ranked(a, r, res->products, res->out);
+    return DB_OK;
 }
 
 static enum db_status ranking(struct db *db, uint64_t min_lsn, struct arena *a, enum db_stmt stmt,
@@ -148,17 +103,8 @@ static enum db_status ranking(struct db *db, uint64_t min_lsn, struct arena *a, 
     const char *params[MAX_PARAMS];
     ranking_params(a, q, params);
     memset(out, 0, sizeof(*out));
-    *refusal = DB_SALES_OK;
-    bool lost;
-    enum db_status st =
-        ranking_on(db_acquire_read_at(db, min_lsn, role), a, stmt, params, out, refusal, &lost);
-    /* A replica may not have replayed the merchant's creation yet, or may have gone away
-     * since it was picked: the primary answers then. */
-    if (strcmp(*role, "replica") == 0 && (st == DB_NOT_FOUND || lost)) {
-        *role = "primary";
-        st = ranking_on(db_acquire_primary(db), a, stmt, params, out, refusal, &lost);
-    }
-    return st;
+    struct ranking_result res = {out, stmt == DB_TOP_PRODUCTS};
+    return db_metric_read(db, min_lsn, a, stmt, params, parse_ranking, &res, role, refusal);
 }
 
 enum db_status db_top_products(struct db *db, uint64_t min_lsn, struct arena *a,

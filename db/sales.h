@@ -74,4 +74,27 @@ enum db_status db_sales_series(struct db *db, uint64_t min_lsn, struct arena *a,
                                const struct db_sales_query *q, struct db_sales_series *out,
                                const char **role, enum db_sales_refusal *refusal);
 
+/* Shared by the metric queries (sales, rankings, deliveries): PostgreSQL's SQLSTATE for
+ * "time zone ... not recognized" (invalid_parameter_value), and parameter/column helpers. */
+#define DB_SQLSTATE_UNKNOWN_TIMEZONE "22023"
+/* Reads one successful result into out: DB_OK, or DB_NOT_FOUND when the merchant is missing
+ * (a replica that has not replayed its creation yet). */
+typedef enum db_status (*db_metric_parse_fn)(struct arena *a, const PGresult *r, void *out);
+/* Runs a metric statement on a replica that has replayed min_lsn, and again on the primary
+ * when that replica went away or lacks the merchant; an unknown time zone sets *refusal. */
+enum db_status db_metric_read(struct db *db, uint64_t min_lsn, struct arena *a, enum db_stmt stmt,
+                              const char *const *params, db_metric_parse_fn parse, void *out,
+                              const char **role, enum db_sales_refusal *refusal);
+/* v as a text parameter (arena-owned). */
+const char *db_int_param(struct arena *a, int64_t v);
+/* v as a text parameter, or NULL (SQL NULL) when v == none. */
+const char *db_optional_int_param(struct arena *a, int64_t v, int64_t none);
+/* A range bound as the (epoch seconds, local date) parameter pair; exactly one is non-NULL. */
+void db_bound_params(struct arena *a, const struct db_sales_bound *b, const char **epoch,
+                     const char **date);
+/* An integer column of a result row. */
+int64_t db_col_int(const PGresult *r, int row, int col);
+/* A text column of a result row, copied into the arena. */
+const char *db_col_text(struct arena *a, const PGresult *r, int row, int col);
+
 #endif
