@@ -43,8 +43,8 @@ const char *const h_metrics_sales_param_names[] = {
     "from", "to", "granularity", "tz", "store_id", "channel", "fulfillment", "group_by", NULL};
 
 /* Deliveries: every delivery order, so no fulfillment filter; one series, so no group_by. */
-const char *const h_metrics_deliveries_param_names[] = {
-    "from", "to", "granularity", "tz", "store_id", "channel", NULL};
+const char *const h_metrics_deliveries_param_names[] = {"from",     "to",      "granularity", "tz",
+                                                        "store_id", "channel", NULL};
 
 static const char *const granularities[] = {"hour", "day", "week", "month", NULL};
 static const char *const channels[] = {"online", "pos", NULL}; /* index = stored code */
@@ -804,9 +804,10 @@ static bool computed(struct srv_req *req, enum db_status st, enum db_sales_refus
 
 /* Computes the response from the database into mr's entry; replies itself and returns false
  * on failure. *version is the data version the response reflects. */
-static bool compute_sales(struct srv_req *req, const struct sales_request *sr,
-                          struct metrics_read *mr, int64_t *version)
+static bool compute_sales(struct srv_req *req, const void *params, struct metrics_read *mr,
+                          int64_t *version)
 {
+    const struct sales_request *sr = params;
     struct h_app *app = req->app;
     struct db_sales_query q = sales_query(req, sr);
     struct db_sales_series s;
@@ -825,9 +826,10 @@ static bool compute_sales(struct srv_req *req, const struct sales_request *sr,
     return true;
 }
 
-static bool compute_deliveries(struct srv_req *req, const struct sales_request *sr,
-                               struct metrics_read *mr, int64_t *version)
+static bool compute_deliveries(struct srv_req *req, const void *params, struct metrics_read *mr,
+                               int64_t *version)
 {
+    const struct sales_request *sr = params;
     struct h_app *app = req->app;
     struct db_sales_query q = sales_query(req, sr);
     struct db_delivery_series d;
@@ -847,9 +849,10 @@ static bool compute_deliveries(struct srv_req *req, const struct sales_request *
     return true;
 }
 
-static bool compute_products(struct srv_req *req, const struct h_metrics_products_params *p,
-                             struct metrics_read *mr, int64_t *version)
+static bool compute_products(struct srv_req *req, const void *params, struct metrics_read *mr,
+                             int64_t *version)
 {
+    const struct h_metrics_products_params *p = params;
     struct h_app *app = req->app;
     struct db_ranking_query q = {.merchant_id = req->merchant_id,
                                  .timezone = mr->timezone,
@@ -873,9 +876,10 @@ static bool compute_products(struct srv_req *req, const struct h_metrics_product
     return true;
 }
 
-static bool compute_promotions(struct srv_req *req, const struct h_metrics_promotions_params *p,
-                               struct metrics_read *mr, int64_t *version)
+static bool compute_promotions(struct srv_req *req, const void *params, struct metrics_read *mr,
+                               int64_t *version)
 {
+    const struct h_metrics_promotions_params *p = params;
     struct h_app *app = req->app;
     struct db_ranking_query q = {
         .merchant_id = req->merchant_id, .timezone = mr->timezone, .from = p->from, .to = p->to};
@@ -935,6 +939,23 @@ static void store(struct srv_req *req, const struct metrics_read *mr, int64_t ve
                        METRICS_CACHE_TTL_S);
 }
 
+/* Computes a response into mr->entry; false after replying with the failure. */
+typedef bool (*compute_fn)(struct srv_req *req, const void *params, struct metrics_read *mr,
+                           int64_t *version);
+
+/* The cached response, else a computed (and then cached) one. */
+static void serve(struct srv_req *req, struct metrics_read *mr, compute_fn compute,
+                  const void *params)
+{
+    if (!cached(req, mr)) {
+        int64_t version;
+        if (!compute(req, params, mr, &version))
+            return;
+        store(req, mr, version);
+    }
+    reply_entry(req, &mr->entry);
+}
+
 void h_metrics_sales(struct srv_req *req)
 {
     struct sales_request sr;
@@ -946,13 +967,7 @@ void h_metrics_sales(struct srv_req *req)
     sr.timezone = mr.timezone;
     sr.currency = mr.currency;
     mr.field = h_metrics_sales_cache_field(req->arena, &sr.params, mr.timezone, mr.currency);
-    if (!cached(req, &mr)) {
-        int64_t version;
-        if (!compute_sales(req, &sr, &mr, &version))
-            return;
-        store(req, &mr, version);
-    }
-    reply_entry(req, &mr.entry);
+    serve(req, &mr, compute_sales, &sr);
 }
 
 void h_metrics_deliveries(struct srv_req *req)
@@ -966,13 +981,7 @@ void h_metrics_deliveries(struct srv_req *req)
     sr.timezone = mr.timezone;
     sr.currency = mr.currency;
     mr.field = h_metrics_deliveries_cache_field(req->arena, &sr.params, mr.timezone, mr.currency);
-    if (!cached(req, &mr)) {
-        int64_t version;
-        if (!compute_deliveries(req, &sr, &mr, &version))
-            return;
-        store(req, &mr, version);
-    }
-    reply_entry(req, &mr.entry);
+    serve(req, &mr, compute_deliveries, &sr);
 }
 
 void h_metrics_products(struct srv_req *req)
@@ -984,13 +993,7 @@ void h_metrics_products(struct srv_req *req)
     if (!params_valid(req, &v) || !begin_read(req, p.timezone, &mr))
         return;
     mr.field = h_metrics_products_cache_field(req->arena, &p, mr.timezone, mr.currency);
-    if (!cached(req, &mr)) {
-        int64_t version;
-        if (!compute_products(req, &p, &mr, &version))
-            return;
-        store(req, &mr, version);
-    }
-    reply_entry(req, &mr.entry);
+    serve(req, &mr, compute_products, &p);
 }
 
 void h_metrics_promotions(struct srv_req *req)
@@ -1002,11 +1005,5 @@ void h_metrics_promotions(struct srv_req *req)
     if (!params_valid(req, &v) || !begin_read(req, p.timezone, &mr))
         return;
     mr.field = h_metrics_promotions_cache_field(req->arena, &p, mr.timezone, mr.currency);
-    if (!cached(req, &mr)) {
-        int64_t version;
-        if (!compute_promotions(req, &p, &mr, &version))
-            return;
-        store(req, &mr, version);
-    }
-    reply_entry(req, &mr.entry);
+    serve(req, &mr, compute_promotions, &p);
 }
