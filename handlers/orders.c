@@ -49,12 +49,11 @@ static bool find_merchant(struct srv_req *req, struct db_merchant *m)
     return false;
 }
 
-static uint64_t merchant_min_lsn(struct srv_req *req);
-
 /* The order's personal data for a pii:read token: what was just stored with it (written),
  * else what the database holds; JSON null when none is readable (none given, customer erased,
  * ciphertext moved or altered). NULL when the database could not say. */
-static json_t *customer_json(struct srv_req *req, const struct db_order *o, bool written)
+static json_t *customer_json(struct srv_req *req, const struct db_order *o, bool written,
+                             uint64_t min_lsn)
 {
     if (written)
         return order_customer_json(o->pii_stored ? o->pii : NULL);
@@ -63,15 +62,15 @@ static json_t *customer_json(struct srv_req *req, const struct db_order *o, bool
     struct h_app *app = req->app;
     struct db_pii pii;
     const char *role = NULL;
-    enum db_status st = db_order_pii_get(app->db, req->arena, req->merchant_id, o->order_id,
-                                         merchant_min_lsn(req), &pii, &role);
+    enum db_status st =
+        db_order_pii_get(app->db, req->arena, req->merchant_id, o->order_id, min_lsn, &pii, &role);
     return st == DB_OK ? order_customer_json(&pii) : st == DB_NOT_FOUND ? json_null() : NULL;
 }
 
 /* Fills "delivery" of the order objects of orders[0..n) (only delivery orders can have one);
  * false when the database failed. */
 static bool attach_deliveries(struct srv_req *req, json_t *const *bodies,
-                              const struct db_order *orders, size_t n)
+                              const struct db_order *orders, size_t n, uint64_t min_lsn)
 {
     struct h_app *app = req->app;
     const char **ids = arena_alloc(req->arena, (n ? n : 1) * sizeof(*ids));
@@ -87,8 +86,8 @@ static bool attach_deliveries(struct srv_req *req, json_t *const *bodies,
         return true;
     struct db_delivery **found = arena_alloc(req->arena, wanted * sizeof(*found));
     const char *role = NULL;
-    if (db_deliveries_get(app->db, req->arena, req->merchant_id, ids, wanted,
-                          merchant_min_lsn(req), found, &role) != DB_OK)
+    if (db_deliveries_get(app->db, req->arena, req->merchant_id, ids, wanted, min_lsn, found,
+                          &role) != DB_OK)
         return false;
     for (size_t k = 0; k < wanted; k++)
         json_object_set_new(bodies[which[k]], "delivery", delivery_to_json(found[k]));
@@ -96,16 +95,16 @@ static bool attach_deliveries(struct srv_req *req, json_t *const *bodies,
 }
 
 static void reply_order_as(struct srv_req *req, unsigned status, const struct db_order *o,
-                           bool written)
+                           bool written, uint64_t min_lsn)
 {
     json_t *body = order_to_json(o);
-    if (!written && !attach_deliveries(req, &body, o, 1)) {
+    if (!written && !attach_deliveries(req, &body, o, 1, min_lsn)) {
         json_decref(body);
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
     if (req->principal.scopes & AUTH_SCOPE_PII_READ) {
-        json_t *customer = customer_json(req, o, written);
+        json_t *customer = customer_json(req, o, written, min_lsn);
         if (!customer) {
             json_decref(body);
             srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
@@ -117,9 +116,11 @@ static void reply_order_as(struct srv_req *req, unsigned status, const struct db
     srv_reply_json(req, status, body);
 }
 
-static void reply_order(struct srv_req *req, unsigned status, const struct db_order *o)
+/* An order read at min_lsn (its delivery and customer are read there too). */
+static void reply_order(struct srv_req *req, unsigned status, const struct db_order *o,
+                        uint64_t min_lsn)
 {
-    reply_order_as(req, status, o, false);
+    reply_order_as(req, status, o, false, min_lsn);
 }
 
 /* The newest commit position of the merchant known here or (from any instance) in Redis. */
@@ -137,15 +138,16 @@ static void reply_replayed(struct srv_req *req, const char *order_id)
     struct h_app *app = req->app;
     struct db_order stored;
     const char *role = NULL;
-    enum db_status st = db_order_get(app->db, req->arena, req->merchant_id, order_id,
-                                     merchant_min_lsn(req), &stored, &role);
+    uint64_t min_lsn = merchant_min_lsn(req);
+    enum db_status st =
+        db_order_get(app->db, req->arena, req->merchant_id, order_id, min_lsn, &stored, &role);
     req->log_db = role;
     if (st != DB_OK) {
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
     srv_add_header(req, "Idempotent-Replayed", "true");
-    reply_order(req, 200, &stored);
+    reply_order(req, 200, &stored, min_lsn);
 }
 
 /* Continuation on an HTTP thread once the writer is done with the order. */
@@ -158,7 +160,7 @@ static void reply_written(struct srv_req *req)
         srv_add_header(req, "Location",
                        arena_sprintf(req->arena, "/v1/merchants/%" PRId64 "/orders/%s",
                                      req->merchant_id, p->order.order_id));
-        reply_order_as(req, 201, &p->order, true);
+        reply_order_as(req, 201, &p->order, true, 0);
         break;
     case INGEST_DUPLICATE:
         reply_replayed(req, p->order.order_id);
@@ -214,15 +216,16 @@ void h_orders_get(struct srv_req *req)
     const char *order_id = srv_param(req, "order_id");
     struct db_order o;
     const char *role = NULL;
-    enum db_status st = db_order_get(app->db, req->arena, req->merchant_id, order_id,
-                                     merchant_min_lsn(req), &o, &role);
+    uint64_t min_lsn = merchant_min_lsn(req);
+    enum db_status st =
+        db_order_get(app->db, req->arena, req->merchant_id, order_id, min_lsn, &o, &role);
     req->log_db = role;
     if (st == DB_NOT_FOUND)
         srv_reply_problem(req, PROBLEM_NOT_FOUND, "no such order");
     else if (st != DB_OK)
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
     else
-        reply_order(req, 200, &o);
+        reply_order(req, 200, &o, min_lsn);
 }
 
 /* A cancellation is one short transaction on the primary. It takes no body; an empty JSON
@@ -261,13 +264,13 @@ void h_orders_cancel(struct srv_req *req)
         cache_merchant_bump(app->cache, &req->merchant_id, &version, 1, lsn);
     struct db_order o;
     const char *role = NULL;
-    st = db_order_get(app->db, req->arena, req->merchant_id, order_id, merchant_min_lsn(req), &o,
-                      &role);
+    uint64_t min_lsn = merchant_min_lsn(req);
+    st = db_order_get(app->db, req->arena, req->merchant_id, order_id, min_lsn, &o, &role);
     if (st != DB_OK) {
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
-    reply_order(req, 200, &o);
+    reply_order(req, 200, &o, min_lsn);
 }
 
 enum { LIST_DEFAULT_LIMIT = 50, LIST_MAX_LIMIT = 500 };
@@ -316,8 +319,7 @@ static bool decode_cursor(struct arena *a, const char *hex, struct db_order_list
     int64_t placed;
     q->cursor_order_id = colon + 1;
     /* A position this server could have issued: an order placed from 1970 to year 9999. */
-    q->has_cursor = parse_decimal(raw, &placed) && placed <= MAX_PLACED_US &&
-                    *q->cursor_order_id;
+    q->has_cursor = parse_decimal(raw, &placed) && placed <= MAX_PLACED_US && *q->cursor_order_id;
     q->cursor_placed_us = placed;
     return q->has_cursor;
 }
@@ -360,8 +362,8 @@ static int64_t list_int(struct v_errors *v, struct srv_req *req, const char *nam
 /* Reads the list's query parameters; false (and a 400 sent) when one is wrong. */
 static bool parse_list_query(struct srv_req *req, struct db_order_list_query *q)
 {
-    static const char *const known[] = {"from", "to", "store_id", "status", "limit", "cursor",
-                                        NULL};
+    static const char *const known[] = {"from",  "to",     "store_id", "status",
+                                        "limit", "cursor", NULL};
     struct v_errors v = {.arena = req->arena};
     memset(q, 0, sizeof(*q));
     q->merchant_id = req->merchant_id;
@@ -373,9 +375,10 @@ static bool parse_list_query(struct srv_req *req, struct db_order_list_query *q)
     q->store_id = list_int(&v, req, "store_id", 0, 1, INT64_MAX);
     q->limit = (unsigned)list_int(&v, req, "limit", LIST_DEFAULT_LIMIT, 1, LIST_MAX_LIMIT);
     const char *status = list_param(&v, req, "status");
-    q->status = !status ? -1 : strcmp(status, "placed") == 0 ? ORDER_PLACED
-                             : strcmp(status, "cancelled") == 0 ? ORDER_CANCELLED
-                                                                : -2;
+    q->status = !status                            ? -1
+                : strcmp(status, "placed") == 0    ? ORDER_PLACED
+                : strcmp(status, "cancelled") == 0 ? ORDER_CANCELLED
+                                                   : -2;
     if (q->status == -2)
         v_fail(&v, "status", "must be placed or cancelled");
     const char *cursor = list_param(&v, req, "cursor");
@@ -398,8 +401,8 @@ void h_orders_list(struct srv_req *req)
     struct db_order *orders = NULL;
     size_t n = 0;
     const char *role = NULL;
-    enum db_status st =
-        db_order_list(app->db, req->arena, &q, merchant_min_lsn(req), &orders, &n, &role);
+    uint64_t min_lsn = merchant_min_lsn(req);
+    enum db_status st = db_order_list(app->db, req->arena, &q, min_lsn, &orders, &n, &role);
     req->log_db = role;
     if (st != DB_OK) {
         srv_reply_problem(req, st == DB_UNAVAILABLE ? PROBLEM_UNAVAILABLE : PROBLEM_INTERNAL,
@@ -413,12 +416,12 @@ void h_orders_list(struct srv_req *req)
         bodies[i] = order_to_json(&orders[i]);
         json_array_append_new(list, bodies[i]);
     }
-    if (!attach_deliveries(req, bodies, orders, shown)) {
+    if (!attach_deliveries(req, bodies, orders, shown, min_lsn)) {
         json_decref(list);
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
-    json_t *next = n > page ? json_string(encode_cursor(req->arena, &orders[page - 1]))
-                            : json_null();
+    json_t *next =
+        n > page ? json_string(encode_cursor(req->arena, &orders[page - 1])) : json_null();
     srv_reply_json(req, 200, json_pack("{s:o, s:o}", "orders", list, "next_cursor", next));
 }
