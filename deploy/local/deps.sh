@@ -14,7 +14,8 @@ build_pkgs=(build-essential meson ninja-build pkg-config libmicrohttpd-dev libpq
     libhiredis-dev libjansson-dev libssl-dev libjwt-dev postgresql postgresql-contrib
     redis-server tzdata ca-certificates curl python3 python3-yaml)
 test_pkgs=(python3-pytest python3-requests python3-jwt python3-psycopg2 python3-redis
-    python3-hypothesis python3-cryptography clang libclang-rt-14-dev wrk bc)
+    python3-hypothesis python3-cryptography clang libclang-rt-14-dev wrk bc nginx-light
+    testssl.sh sqlmap prometheus yamllint chromium iproute2)
 
 want=("${build_pkgs[@]}")
 for arg in "$@"; do
@@ -37,6 +38,11 @@ for pkg in "${want[@]}"; do
         missing+=("$pkg")
     fi
 done
+# npm ships with nodejs from some third-party repositories (and conflicts with Debian's npm
+# there); only ask apt for it when no npm is on PATH.
+if [[ " ${want[*]} " == *" yamllint "* ]] && ! command -v npm >/dev/null; then
+    missing+=(npm)
+fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 sudo=()
