@@ -23,7 +23,9 @@
 #include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,8 +428,13 @@ static bool load_jwks(struct auth *a, const char *path, char *err, size_t errlen
 {
     json_error_t jerr;
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!doc)
-        return fail(err, errlen, "JWT_JWKS_FILE: cannot load %s: %s", path, jerr.text);
+    if (!doc) {
+        char *near = strstr(jerr.text, " near '");
+        if (near)
+            *near = '\0'; /* jansson quotes the file there, which may hold key material */
+        return fail(err, errlen, "JWT_JWKS_FILE: cannot load %s: %s (line %d)", path, jerr.text,
+                    jerr.line);
+    }
     const json_t *keys = json_object_get(doc, "keys");
     size_t before = a->n_keys;
     bool ok = json_is_array(keys) || fail(err, errlen, "JWT_JWKS_FILE: no \"keys\" array");
@@ -835,6 +842,124 @@ const char *auth_result_text(enum auth_result r)
 #undef AUTH_RESULT_TEXT
     };
     return (size_t)r < sizeof(texts) / sizeof(texts[0]) ? texts[r] : "unknown";
+}
+
+/* ---- reloading: the keeper ----
+ *
+ * A verification takes a reference on the current version under `lock`, which is held just
+ * long enough to read the pointer and count the reference (reading the pointer and counting
+ * without it would let a reload free the version in between). A reload builds the new
+ * verifier outside the lock, swaps the pointer under it and drops the keeper's reference: the
+ * old version is freed by whichever verification finishes last with it. */
+
+struct auth_version {
+    struct auth *auth;
+    atomic_uint refs; /* the keeper's own while current, plus one per running verification */
+};
+
+struct auth_keeper {
+    pthread_mutex_t lock;        /* guards `current` */
+    pthread_mutex_t reload_lock; /* one reload at a time */
+    struct auth_version *current;
+    struct auth_config cfg;      /* strings point at the copies below */
+    char *secret, *public_keys, *jwks_file, *algorithms, *issuer, *audience;
+};
+
+static char *copy_setting(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void copy_config(struct auth_keeper *k, const struct auth_config *cfg)
+{
+    k->cfg = *cfg;
+    k->cfg.hs256_secret = k->secret = copy_setting(cfg->hs256_secret);
+    k->cfg.public_keys = k->public_keys = copy_setting(cfg->public_keys);
+    k->cfg.jwks_file = k->jwks_file = copy_setting(cfg->jwks_file);
+    k->cfg.algorithms = k->algorithms = copy_setting(cfg->algorithms);
+    k->cfg.issuer = k->issuer = copy_setting(cfg->issuer);
+    k->cfg.audience = k->audience = copy_setting(cfg->audience);
+}
+
+static struct auth_version *version_new(struct auth *auth)
+{
+    struct auth_version *v = xmalloc(sizeof(*v));
+    v->auth = auth;
+    atomic_init(&v->refs, 1);
+    return v;
+}
+
+static void version_release(struct auth_version *v)
+{
+    if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1) {
+        auth_free(v->auth);
+        free(v);
+    }
+}
+
+static struct auth_version *version_acquire(struct auth_keeper *k)
+{
+    pthread_mutex_lock(&k->lock);
+    struct auth_version *v = k->current;
+    atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&k->lock);
+    return v;
+}
+
+struct auth_keeper *auth_keeper_new(const struct auth_config *cfg, char *err, size_t errlen)
+{
+    struct auth *auth = auth_new(cfg, err, errlen);
+    if (!auth)
+        return NULL;
+    struct auth_keeper *k = xcalloc(1, sizeof(*k));
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_mutex_init(&k->reload_lock, NULL);
+    copy_config(k, cfg);
+    k->current = version_new(auth);
+    return k;
+}
+
+void auth_keeper_free(struct auth_keeper *k)
+{
+    if (!k)
+        return;
+    version_release(k->current);
+    if (k->secret)
+        xfree_secret(k->secret, strlen(k->secret));
+    free(k->public_keys);
+    free(k->jwks_file);
+    free(k->algorithms);
+    free(k->issuer);
+    free(k->audience);
+    pthread_mutex_destroy(&k->lock);
+    pthread_mutex_destroy(&k->reload_lock);
+    free(k);
+}
+
+bool auth_keeper_reload(struct auth_keeper *k, char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&k->reload_lock);
+    struct auth *fresh = auth_new(&k->cfg, msg, msglen);
+    if (fresh) {
+        snprintf(msg, msglen, "%zu public key(s)", fresh->n_keys);
+        struct auth_version *next = version_new(fresh), *old;
+        pthread_mutex_lock(&k->lock);
+        old = k->current;
+        k->current = next;
+        pthread_mutex_unlock(&k->lock);
+        version_release(old);
+    }
+    pthread_mutex_unlock(&k->reload_lock);
+    return fresh != NULL;
+}
+
+enum auth_result auth_keeper_verify(struct auth_keeper *k, const char *token, size_t len,
+                                    time_t now, struct arena *arena, struct auth_principal *out)
+{
+    struct auth_version *v = version_acquire(k);
+    enum auth_result r = auth_verify(v->auth, token, len, now, arena, out);
+    version_release(v);
+    return r;
 }
 
 /* ---- scopes and tenancy ---- */

@@ -92,6 +92,20 @@ uint32_t auth_parse_scopes(const char *s, size_t len);
 bool auth_has_any_scope(const struct auth_principal *p, uint32_t any);
 /* True when the principal may act for merchant_id. */
 bool auth_may_act_for(const struct auth_principal *p, int64_t merchant_id);
+/* The verifier in use, swapped for a rebuilt one by auth_keeper_reload (SIGHUP) while
+ * verifications already running finish with the one they started with. Thread-safe. */
+struct auth_keeper;
+
+/* Builds the first verifier from cfg (strings copied); NULL with a message in err. */
+struct auth_keeper *auth_keeper_new(const struct auth_config *cfg, char *err, size_t errlen);
+/* Frees the keeper and its verifier; no verification may be running. */
+void auth_keeper_free(struct auth_keeper *k);
+/* Rebuilds the verifier from the same config, re-reading the key files, and swaps it in.
+ * True with a summary in msg; false with the reason in msg, the current verifier kept. */
+bool auth_keeper_reload(struct auth_keeper *k, char *msg, size_t msglen);
+/* auth_verify with the current verifier, which stays alive until this returns. */
+enum auth_result auth_keeper_verify(struct auth_keeper *k, const char *token, size_t len,
+                                    time_t now, struct arena *arena, struct auth_principal *out);
 /* Mints an HS256 development token; merchants is "*" or "1,2,3"; malloc'd, NULL on bad input. */
 char *auth_mint_hs256(const char *secret, const char *sub, const char *scopes,
                       const char *merchants, long ttl_seconds, time_t now);

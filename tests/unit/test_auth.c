@@ -11,6 +11,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1089,6 +1091,148 @@ static void test_jwks_failures(void)
     check_new_fails(cfg, "invalid x/y");
 }
 
+/* ---- tests: the keeper (reloading keys) ---- */
+
+static enum auth_result keeper_verify(struct auth_keeper *k, char *token)
+{
+    struct auth_principal p;
+    struct arena *a = arena_new();
+    enum auth_result r = auth_keeper_verify(k, token, strlen(token), NOW, a, &p);
+    arena_free(a);
+    free(token);
+    return r;
+}
+
+static void write_pem_as(EVP_PKEY *key, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    PEM_write_PUBKEY(f, key);
+    fclose(f);
+}
+
+static void test_keeper_reload_swaps_keys(void)
+{
+    char path[300], list[320], msg[256];
+    snprintf(path, sizeof path, "%s/rotating.pem", tmpdir);
+    snprintf(list, sizeof list, "rot=%s", path);
+    write_pem_as(rsa1, path);
+    struct auth_config cfg = {.public_keys = list, .leeway_seconds = 30};
+    struct auth_keeper *k = auth_keeper_new(&cfg, msg, sizeof msg);
+    CHECK(k != NULL);
+    if (!k)
+        return;
+    const char *header = "{\"alg\":\"RS256\",\"kid\":\"rot\"}";
+    CHECK_INT(keeper_verify(k, pkey_token(rsa1, header, claims(""))), AUTH_OK);
+    /* The file now holds another key: nothing changes until the reload. */
+    EVP_PKEY *next = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    write_pem_as(next, path);
+    CHECK_INT(keeper_verify(k, pkey_token(rsa1, header, claims(""))), AUTH_OK);
+    CHECK(auth_keeper_reload(k, msg, sizeof msg));
+    CHECK_STR(msg, "1 public key(s)");
+    CHECK_INT(keeper_verify(k, pkey_token(rsa1, header, claims(""))), AUTH_SIGNATURE);
+    CHECK_INT(keeper_verify(k, pkey_token(next, header, claims(""))), AUTH_OK);
+    EVP_PKEY_free(next);
+    auth_keeper_free(k);
+}
+
+static void test_keeper_failed_reload_keeps_keys(void)
+{
+    char path[300], list[320], msg[256];
+    snprintf(path, sizeof path, "%s/breaking.pem", tmpdir);
+    snprintf(list, sizeof list, "brk=%s", path);
+    write_pem_as(ec1, path);
+    struct auth_config cfg = {.public_keys = list, .leeway_seconds = 30};
+    struct auth_keeper *k = auth_keeper_new(&cfg, msg, sizeof msg);
+    CHECK(k != NULL);
+    if (!k)
+        return;
+    const char *header = "{\"alg\":\"ES256\",\"kid\":\"brk\"}";
+    write_file(path, "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n");
+    CHECK(!auth_keeper_reload(k, msg, sizeof msg));
+    CHECK(strstr(msg, "JWT_PUBLIC_KEYS") != NULL);
+    CHECK_INT(keeper_verify(k, pkey_token(ec1, header, claims(""))), AUTH_OK);
+    remove(path);
+    CHECK(!auth_keeper_reload(k, msg, sizeof msg));
+    CHECK_INT(keeper_verify(k, pkey_token(ec1, header, claims(""))), AUTH_OK);
+    auth_keeper_free(k);
+}
+
+static void test_keeper_copies_its_config(void)
+{
+    char secret[] = SECRET, msg[256];
+    struct auth_config cfg = {.hs256_secret = secret, .leeway_seconds = 30};
+    struct auth_keeper *k = auth_keeper_new(&cfg, msg, sizeof msg);
+    memset(secret, 'x', sizeof secret - 1); /* the caller's copy may go away */
+    CHECK(auth_keeper_reload(k, msg, sizeof msg));
+    CHECK_INT(keeper_verify(k, hs_token(claims(""))), AUTH_OK);
+    auth_keeper_free(k);
+}
+
+static void test_jwks_error_quotes_no_file_content(void)
+{
+    char path[300], msg[256];
+    snprintf(path, sizeof path, "%s/broken-jwks.json", tmpdir);
+    write_file(path, "{\"keys\":[{\"kty\":\"RSA\",\"d\":\"c2VjcmV0LXByaXZhdGU\" oops");
+    struct auth *a = try_new((struct auth_config){.jwks_file = path}, msg, sizeof msg);
+    CHECK(a == NULL);
+    CHECK(strstr(msg, "JWT_JWKS_FILE") != NULL);
+    CHECK(strstr(msg, "c2VjcmV0") == NULL);
+    CHECK(strstr(msg, "oops") == NULL);
+}
+
+struct keeper_load {
+    struct auth_keeper *keeper;
+    char *tokens[2]; /* signed by keys present in every version */
+    atomic_bool stop;
+    atomic_long failures, done;
+};
+
+static void *verify_until_stopped(void *arg)
+{
+    struct keeper_load *load = arg;
+    struct arena *a = arena_new();
+    for (long i = 0; !atomic_load(&load->stop); i++) {
+        const char *t = load->tokens[i & 1];
+        struct auth_principal p;
+        if (auth_keeper_verify(load->keeper, t, strlen(t), NOW, a, &p) != AUTH_OK)
+            atomic_fetch_add(&load->failures, 1);
+        atomic_fetch_add(&load->done, 1);
+    }
+    arena_free(a);
+    return NULL;
+}
+
+/* Verifications on four threads while the keys are reloaded again and again: none fails and
+ * no version is freed under a running one (ASan would say so). */
+static void test_keeper_reload_under_load(void)
+{
+    char jwks[300], msg[256];
+    snprintf(jwks, sizeof jwks, "%s/load-jwks.json", tmpdir);
+    write_jwks(jwks, "");
+    struct auth_config cfg = std_config();
+    cfg.jwks_file = jwks;
+    struct keeper_load load = {.keeper = auth_keeper_new(&cfg, msg, sizeof msg)};
+    CHECK(load.keeper != NULL);
+    if (!load.keeper)
+        return;
+    load.tokens[0] = pkey_token(ec1, "{\"alg\":\"ES256\",\"kid\":\"j-ec\"}", claims(""));
+    load.tokens[1] = hs_token(claims(""));
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&threads[i], NULL, verify_until_stopped, &load);
+    int reloads = 0;
+    for (; reloads < 200 || atomic_load(&load.done) < 2000; reloads++)
+        CHECK(auth_keeper_reload(load.keeper, msg, sizeof msg));
+    atomic_store(&load.stop, true);
+    for (int i = 0; i < 4; i++)
+        pthread_join(threads[i], NULL);
+    CHECK_INT(atomic_load(&load.failures), 0);
+    printf("# %d reloads during %ld verifications\n", reloads, atomic_load(&load.done));
+    free(load.tokens[0]);
+    free(load.tokens[1]);
+    auth_keeper_free(load.keeper);
+}
+
 static void test_result_text(void)
 {
     CHECK_STR(auth_result_text(AUTH_OK), "ok");
@@ -1138,6 +1282,11 @@ int main(void)
     TEST(test_auth_new_rejects_weak_keys);
     TEST(test_jwks);
     TEST(test_jwks_failures);
+    TEST(test_keeper_reload_swaps_keys);
+    TEST(test_keeper_failed_reload_keeps_keys);
+    TEST(test_keeper_copies_its_config);
+    TEST(test_jwks_error_quotes_no_file_content);
+    TEST(test_keeper_reload_under_load);
     TEST(test_result_text);
     arena_free(verify_arena);
     free(claims_buf);
