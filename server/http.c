@@ -30,7 +30,7 @@ struct srv {
     struct MHD_Daemon *daemon;
     struct router *router;
     const struct srv_route *routes;
-    const struct auth *auth;
+    struct auth_keeper *auth;
     void *app;
     atomic_bool draining;
     atomic_uint in_flight;
@@ -466,7 +466,8 @@ static bool authenticate(struct srv_req *req)
     size_t len = 0;
     const char *token = bearer_token(req, &len);
     enum auth_result r =
-        token ? auth_verify(req->srv->auth, token, len, time(NULL), req->arena, &req->principal)
+        token ? auth_keeper_verify(req->srv->auth, token, len, time(NULL), req->arena,
+                                     &req->principal)
               : AUTH_MISSING;
     if (r != AUTH_OK) {
         srv_reply_problem(req, PROBLEM_UNAUTHORIZED, auth_result_text(r));

@@ -78,7 +78,7 @@ struct srv_options {
     unsigned max_connections, max_connections_per_ip;
     unsigned connection_timeout_s;
     const char *tls_cert_pem, *tls_key_pem; /* file contents, or NULL for plain HTTP */
-    const struct auth *auth;
+    struct auth_keeper *auth; /* token verifier, reloaded on SIGHUP */
     void *app;
 };
 

@@ -115,7 +115,10 @@ static void print_usage(FILE *out)
     config_print_help(out);
     fprintf(out, "\nSecrets (JWT_HS256_SECRET, PII_MASTER_KEY) may instead be read from the\n"
                  "file named by the same variable with a _FILE suffix. Logs are JSON lines on\n"
-                 "stdout.\n");
+                 "stdout.\n"
+                 "\nSIGHUP re-reads the token keys (JWT_PUBLIC_KEYS files, JWT_JWKS_FILE) and\n"
+                 "swaps them in without dropping requests; if they cannot be loaded, the\n"
+                 "previous keys stay in use and the log says why.\n");
 }
 
 static const char *env_lookup(const char *name)
@@ -369,7 +372,7 @@ static char *read_pem(const char *path, const char *var)
 /* Everything serve owns, torn down in reverse order. */
 struct serve_state {
     struct config cfg;
-    struct auth *auth;
+    struct auth_keeper *auth;
     struct db *db;
     struct cache *cache;
     struct db_writer *writer;
@@ -410,7 +413,7 @@ static bool open_dependencies(struct serve_state *st)
     if (!config_check_serve(cfg, err, sizeof(err)) ||
         !(st->pii_keys = crypto_keyring_new(cfg->pii_master_key, cfg->pii_master_key_id, err,
                                             sizeof(err))) ||
-        !(st->auth = auth_new(&ac, err, sizeof(err))) ||
+        !(st->auth = auth_keeper_new(&ac, err, sizeof(err))) ||
         !(st->db = db_open(&dbo, err, sizeof(err))) ||
         !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
                                 sizeof(err)))) {
@@ -514,8 +517,19 @@ static bool start_http(struct serve_state *st)
     return true;
 }
 
-/* Waits for SIGTERM or SIGINT (blocked in every thread, so only sigwait sees them). */
-static void wait_for_stop_signal(const sigset_t *set)
+/* SIGHUP: new token keys, or the old ones kept if the new cannot be loaded. */
+static void reload_token_keys(struct auth_keeper *keys)
+{
+    char msg[512];
+    if (auth_keeper_reload(keys, msg, sizeof(msg)))
+        log_info("received SIGHUP: token keys reloaded (%s)", msg);
+    else
+        log_warn("received SIGHUP: token keys not reloaded, the previous ones stay: %s", msg);
+}
+
+/* Waits for SIGTERM or SIGINT (blocked in every thread, so only sigwait sees them); reloads
+ * the token keys on SIGHUP meanwhile. */
+static void wait_for_stop_signal(const sigset_t *set, struct auth_keeper *keys)
 {
     for (;;) {
         int sig = 0;
@@ -525,7 +539,10 @@ static void wait_for_stop_signal(const sigset_t *set)
             log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
             return;
         }
-        log_info("received signal %d: ignored", sig);
+        if (sig == SIGHUP)
+            reload_token_keys(keys);
+        else
+            log_info("received signal %d: ignored", sig);
     }
 }
 
@@ -557,7 +574,7 @@ static void close_all(struct serve_state *st)
     metrics_shutdown();
     cache_free(st->cache);
     db_close(st->db);
-    auth_free(st->auth);
+    auth_keeper_free(st->auth);
     free(st->tls_cert);
     if (st->tls_key)
         xfree_secret(st->tls_key, strlen(st->tls_key));
@@ -582,7 +599,7 @@ static int cmd_serve(void)
     }
     int rc = 2;
     if (open_dependencies(&st) && start_http(&st)) {
-        wait_for_stop_signal(&set);
+        wait_for_stop_signal(&set, st.auth);
         drain_and_stop(&st);
         rc = 0;
     }
