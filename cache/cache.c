@@ -332,6 +332,89 @@ void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int
     drain_replies(c, ctx, (int)n);
 }
 
+/* GCRA over n buckets (KEYS[i]; ARGV[2i-1] = quota, ARGV[2i] = window in ms): a bucket's key
+ * holds its theoretical arrival time (TAT); a request passes when TAT + interval - window is
+ * not in the future. Returns {allowed, retry_ms, remaining_1, reset_ms_1, ...}. */
+#define RATE_SCRIPT                                                                                \
+    "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "              \
+    "local ok, retry, tats, out = 1, 0, {}, {} "                                                   \
+    "for i = 1, #KEYS do "                                                                         \
+    "  local q, w = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]) "                            \
+    "  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) "                   \
+    "  local wait = tat + w / q - w - now "                                                        \
+    "  if wait > 0 then ok = 0 retry = math.max(retry, wait) tats[i] = tat "                      \
+    "  else tats[i] = tat + w / q end "                                                            \
+    "end "                                                                                         \
+    "for i = 1, #KEYS do "                                                                         \
+    "  local q, w = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]) "                            \
+    "  if ok == 1 then redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', "          \
+    "    math.ceil(tats[i] - now) + 1) end "                                                       \
+    "  out[2 * i - 1] = math.max(0, math.floor((now + w - tats[i]) / (w / q))) "                  \
+    "  out[2 * i] = math.ceil(tats[i] - now) "                                                     \
+    "end "                                                                                         \
+    "return {ok, math.ceil(retry), unpack(out)}"
+
+static void rate_command(const struct cache_rate_bucket *b, size_t n, const char **argv,
+                         size_t *argvlen, char (*nums)[16])
+{
+    argv[0] = "EVAL";
+    argv[1] = RATE_SCRIPT;
+    snprintf(nums[0], sizeof(nums[0]), "%zu", n);
+    argv[2] = nums[0];
+    for (size_t i = 0; i < n; i++) {
+        argv[3 + i] = b[i].key;
+        snprintf(nums[1 + 2 * i], sizeof(nums[0]), "%u", b[i].quota);
+        snprintf(nums[2 + 2 * i], sizeof(nums[0]), "%u", b[i].window_ms);
+        argv[3 + n + 2 * i] = nums[1 + 2 * i];
+        argv[4 + n + 2 * i] = nums[2 + 2 * i];
+    }
+    for (size_t i = 0; i < 3 + 3 * n; i++)
+        argvlen[i] = strlen(argv[i]);
+}
+
+static bool rate_reply_ok(const redisReply *r, size_t n)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 + 2 * n)
+        return false;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type != REDIS_REPLY_INTEGER || r->element[i]->integer < 0)
+            return false;
+    return true;
+}
+
+enum cache_result cache_rate_take(struct cache *c, struct cache_rate_bucket *buckets, size_t n,
+                                  unsigned *retry_ms)
+{
+    enum { MAX_BUCKETS = 4 };
+    if (!cache_enabled(c) || n == 0 || n > MAX_BUCKETS)
+        return CACHE_DISABLED;
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return CACHE_ERROR;
+    const char *argv[3 + 3 * MAX_BUCKETS];
+    size_t argvlen[3 + 3 * MAX_BUCKETS];
+    char nums[1 + 2 * MAX_BUCKETS][16];
+    rate_command(buckets, n, argv, argvlen, nums);
+    redisReply *r = redisCommandArgv(ctx, (int)(3 + 3 * n), argv, argvlen);
+    if (!r) {
+        drop_context(c);
+        return CACHE_ERROR;
+    }
+    enum cache_result res = CACHE_ERROR;
+    if (rate_reply_ok(r, n)) {
+        res = r->element[0]->integer ? CACHE_HIT : CACHE_MISS;
+        *retry_ms = (unsigned)r->element[1]->integer;
+        for (size_t i = 0; i < n; i++) {
+            buckets[i].remaining = (unsigned)r->element[2 + 2 * i]->integer;
+            buckets[i].reset_ms = (unsigned)r->element[3 + 2 * i]->integer;
+        }
+    } else {
+        atomic_fetch_add(&c->errors, 1);
+    }
+    freeReplyObject(r);
+    return res;
+}
+
 void cache_render_metrics(struct buf *out, void *ud)
 {
     struct cache *c = ud;

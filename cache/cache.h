@@ -45,6 +45,23 @@ void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field,
 void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
                          size_t n, uint64_t lsn);
 
+/* One rate-limit bucket to charge: a Redis key, q requests per window_ms (GCRA). */
+struct cache_rate_bucket {
+    const char *key;
+    unsigned quota;
+    unsigned window_ms;
+    /* Filled by cache_rate_take: requests left now and ms until the bucket is full again. */
+    unsigned remaining;
+    unsigned reset_ms;
+};
+
+/* Charges one request to every bucket at once, with Redis's clock so that every server
+ * instance shares them: all are charged, or none when one is exhausted (then *retry_ms says
+ * when the request would pass). CACHE_HIT = allowed, CACHE_MISS = limited, CACHE_ERROR or
+ * CACHE_DISABLED = unknown (callers fail open). One round trip. */
+enum cache_result cache_rate_take(struct cache *c, struct cache_rate_bucket *buckets, size_t n,
+                                  unsigned *retry_ms);
+
 /* Writes hit/miss/error counters in Prometheus text format. */
 void cache_render_metrics(struct buf *out, void *cache);
 

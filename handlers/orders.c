@@ -316,7 +316,7 @@ static bool decode_cursor(struct arena *a, const char *hex, struct db_order_list
     if (!colon)
         return false;
     *colon = '\0';
-    int64_t placed;
+    int64_t placed = 0;
     q->cursor_order_id = colon + 1;
     /* A position this server could have issued: an order placed from 1970 to year 9999. */
     q->has_cursor = parse_decimal(raw, &placed) && placed <= MAX_PLACED_US && *q->cursor_order_id;

@@ -51,6 +51,11 @@
       "Redis cache, redis://host:port/db; empty means no cache")                                   \
     X(redis_timeout_ms, INT, "REDIS_TIMEOUT_MS", "50", 1, 10000,                                   \
       "timeout of one Redis connect or command; then the database answers")                        \
+    X(rate_limit_subject, STR, "RATE_LIMIT_SUBJECT", "", 0, 0,                                      \
+      "quotas per token subject, SCOPE=N/WINDOW,... (e.g. orders:write=1000/1s,*=100/1s); a "      \
+      "route counts against the first rule naming one of its scopes, else *; needs REDIS_URL")    \
+    X(rate_limit_merchant, STR, "RATE_LIMIT_MERCHANT", "", 0, 0,                                    \
+      "quotas per merchant of the path, same syntax as RATE_LIMIT_SUBJECT")                        \
     X(jwt_hs256_secret, SECRET, "JWT_HS256_SECRET", NULL, 0, 0,                                    \
       "HS256 shared secret, at least 32 bytes (or JWT_HS256_SECRET_FILE)")                         \
     X(jwt_public_keys, STR, "JWT_PUBLIC_KEYS", NULL, 0, 0,                                         \

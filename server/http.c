@@ -5,6 +5,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelimit.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -31,6 +32,7 @@ struct srv {
     struct router *router;
     const struct srv_route *routes;
     struct auth_keeper *auth;
+    struct ratelimit *ratelimit;
     void *app;
     atomic_bool draining;
     atomic_uint in_flight;
@@ -193,11 +195,19 @@ void srv_reply_empty(struct srv_req *req, unsigned status)
     srv_reply_bytes(req, status, NULL, "", 0);
 }
 
+static bool reply_has_header(const struct srv_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return true;
+    return false;
+}
+
 static void reply_problem_with(struct srv_req *req, enum problem p, const char *detail,
                                json_t *errors)
 {
     unsigned status = problem_status(p);
-    if (status == 503 || status == 429) {
+    if ((status == 503 || status == 429) && !reply_has_header(req, "Retry-After")) {
         char seconds[16];
         snprintf(seconds, sizeof(seconds), "%d", RETRY_AFTER_SECONDS);
         srv_add_header(req, "Retry-After", seconds);
@@ -510,6 +520,26 @@ static bool authorize(struct srv_req *req)
     return true;
 }
 
+/* Quotas (server/ratelimit.c): their headers on every answer, 429 once one is used up. */
+static bool within_quota(struct srv_req *req)
+{
+    if (!req->srv->ratelimit)
+        return true;
+    struct ratelimit_subject who = {req->route->scopes, &req->principal, req->merchant_id};
+    struct ratelimit_verdict v;
+    ratelimit_check(req->srv->ratelimit, &who, &v);
+    if (v.policy[0])
+        srv_add_header(req, "RateLimit-Policy", v.policy);
+    if (v.state[0])
+        srv_add_header(req, "RateLimit", v.state);
+    if (!v.limited)
+        return true;
+    srv_add_header(req, "Retry-After", arena_sprintf(req->arena, "%u", v.retry_after));
+    srv_reply_problem(req, PROBLEM_RATE_LIMITED,
+                      arena_sprintf(req->arena, "quota used up; retry in %u s", v.retry_after));
+    return false;
+}
+
 /* First call for a request: everything that can be decided from the headers alone. */
 static void begin_request(struct srv_req *req, const char *method)
 {
@@ -528,7 +558,7 @@ static void begin_request(struct srv_req *req, const char *method)
     }
     if (!route_to_handler(req, method) || !body_acceptable(req))
         return;
-    if (req->route->authenticated && !(authenticate(req) && authorize(req)))
+    if (req->route->authenticated && !(authenticate(req) && authorize(req) && within_quota(req)))
         return;
 }
 
@@ -740,6 +770,7 @@ struct srv *srv_start(const struct srv_options *opt, const struct srv_route *rou
     struct srv *s = xcalloc(1, sizeof(*s));
     s->routes = routes;
     s->auth = opt->auth;
+    s->ratelimit = opt->ratelimit;
     s->app = opt->app;
     s->router = router_new(routes, n_routes, err, errlen);
     if (!s->router) {

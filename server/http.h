@@ -16,6 +16,7 @@
 struct arena;
 struct MHD_Connection;
 struct srv;
+struct ratelimit;
 struct query_args;
 
 enum {
@@ -79,6 +80,7 @@ struct srv_options {
     unsigned connection_timeout_s;
     const char *tls_cert_pem, *tls_key_pem; /* file contents, or NULL for plain HTTP */
     struct auth_keeper *auth; /* token verifier, reloaded on SIGHUP */
+    struct ratelimit *ratelimit; /* NULL: no quotas */
     void *app;
 };
 

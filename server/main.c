@@ -17,6 +17,7 @@
 #include "server/jobs.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/ratelimit.h"
 #include "server/seed.h"
 
 #include <ctype.h>
@@ -375,6 +376,7 @@ struct serve_state {
     struct auth_keeper *auth;
     struct db *db;
     struct cache *cache;
+    struct ratelimit *ratelimit; /* NULL when no quota is configured */
     struct db_writer *writer;
     struct jobs *jobs;
     struct h_app app;
@@ -416,13 +418,17 @@ static bool open_dependencies(struct serve_state *st)
         !(st->auth = auth_keeper_new(&ac, err, sizeof(err))) ||
         !(st->db = db_open(&dbo, err, sizeof(err))) ||
         !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
-                                sizeof(err)))) {
+                                sizeof(err))) ||
+        !ratelimit_new(cfg->rate_limit_subject, cfg->rate_limit_merchant, st->cache,
+                       &st->ratelimit, err, sizeof(err))) {
         fprintf(stderr, "cangrejo: configuration error: %s\n", err);
         return false;
     }
     if (cfg->tls_cert_file && (!(st->tls_cert = read_pem(cfg->tls_cert_file, "TLS_CERT_FILE")) ||
                                !(st->tls_key = read_pem(cfg->tls_key_file, "TLS_KEY_FILE"))))
         return false;
+    if (st->ratelimit && !cache_enabled(st->cache))
+        log_warn("RATE_LIMIT_* is set but REDIS_URL is not: quotas are not enforced");
     crypto_pii_install(st->pii_keys); /* before any thread that may use it starts */
     struct db_writer_options wo = {(unsigned)cfg->writer_threads, (unsigned)cfg->writer_max_batch,
                                    (unsigned)cfg->writer_max_wait_us, publish_commit, st->cache};
@@ -498,6 +504,7 @@ static bool start_http(struct serve_state *st)
         .tls_cert_pem = st->tls_cert,
         .tls_key_pem = st->tls_key,
         .auth = st->auth,
+        .ratelimit = st->ratelimit,
         .app = &st->app,
     };
     size_t n_routes = sizeof(routes) / sizeof(routes[0]);
@@ -505,6 +512,8 @@ static bool start_http(struct serve_state *st)
     metrics_add_collector(db_render_metrics, st->db);
     metrics_add_collector(cache_render_metrics, st->cache);
     metrics_add_collector(db_writer_render_metrics, st->writer);
+    if (st->ratelimit)
+        metrics_add_collector(ratelimit_render_metrics, st->ratelimit);
     char err[512];
     st->srv = srv_start(&so, routes, n_routes, err, sizeof(err));
     if (!st->srv) {
@@ -572,6 +581,7 @@ static void close_all(struct serve_state *st)
     jobs_stop(st->jobs);
     db_writer_stop(st->writer);
     metrics_shutdown();
+    ratelimit_free(st->ratelimit);
     cache_free(st->cache);
     db_close(st->db);
     auth_keeper_free(st->auth);

@@ -340,6 +340,35 @@ def server(stack):
                         pytrace=False)
 
 
+@pytest.fixture
+def start_server(stack, server):
+    """start_server(name, **env) -> another `cangrejo serve` on the same stack, its own port and
+    log (<stack dir>/<name>.log), with the test environment changed by env (a value of None
+    removes a variable). Stopped at teardown, which fails on sanitizer reports in its log."""
+    started = []
+
+    def start(name, **changes):
+        port = free_port()
+        env = _server_env(stack, port)
+        for key, value in changes.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(value)
+        srv = Server(server.binary, env, os.path.join(stack.dir, f"{name}.log"), port)
+        started.append(srv)
+        srv.start()
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+    reports = [r for srv in started for r in sanitizer_reports(srv.log_text())]
+    if reports:
+        pytest.fail("sanitizer reports in a started server's log:\n" + "\n".join(reports[:20]),
+                    pytrace=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-test checks: sanitizer reports and unexpected server exits
 
