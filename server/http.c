@@ -328,14 +328,40 @@ static enum MHD_Result sum_header_bytes(void *cls, enum MHD_ValueKind kind, cons
 
 struct framing {
     unsigned content_lengths, transfer_encodings;
+    bool bad_name, bad_length;
 };
+
+/* RFC 9110 5.6.2: a field name is a token. libmicrohttpd keeps what precedes the colon, so
+ * "Content-Length : 5" arrives as a name with a space that must not pass for another field. */
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
+            return false;
+    return true;
+}
+
+static bool is_digits(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
 
 static enum MHD_Result count_framing_headers(void *cls, enum MHD_ValueKind kind, const char *key,
                                              const char *value)
 {
     struct framing *f = cls;
-    f->content_lengths += strcasecmp(key, "Content-Length") == 0;
+    bool is_length = strcasecmp(key, "Content-Length") == 0;
+    f->content_lengths += is_length;
     f->transfer_encodings += strcasecmp(key, "Transfer-Encoding") == 0;
+    f->bad_name |= !is_token(key);
+    f->bad_length |= is_length && !is_digits(value ? value : "");
     return MHD_YES;
 }
 
@@ -348,7 +374,11 @@ static bool framing_unambiguous(struct srv_req *req)
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_framing_headers, &f);
     const char *te = srv_header(req, "Transfer-Encoding");
     const char *why = NULL;
-    if (f.content_lengths > 1)
+    if (f.bad_name)
+        why = "a header name that is not a token (whitespace before the colon?)";
+    else if (f.bad_length)
+        why = "a Content-Length that is not a decimal number";
+    else if (f.content_lengths > 1)
         why = "more than one Content-Length";
     else if (f.transfer_encodings > 1)
         why = "more than one Transfer-Encoding";

@@ -499,3 +499,131 @@ def test_unsupported_transfer_coding_is_refused_promptly(server, make_token, mer
     get = requests.get(f"{server.url}/v1/merchants/{merchant_id}", headers=headers(token),
                        timeout=10)
     assert get.status_code == 404, "a body of an unsupported coding was processed"
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile header syntax (RFC 9112 5.1, 5.2): 400 and the connection closed, nothing smuggled
+
+# libmicrohttpd 0.9.75 joins an obs-fold continuation line to the previous field value before
+# cangrejo sees the headers (RFC 9112 5.2 allows replacing obs-fold with spaces, and the issue
+# asks for 400); the joined value is then no framing header, so nothing can be smuggled by it.
+MHD_UNFOLDS = pytest.mark.xfail(
+    strict=True, reason="libmicrohttpd 0.9.75 unfolds obs-fold lines instead of refusing them")
+
+
+@pytest.mark.parametrize("header_block", [
+    pytest.param(b"Host: t\r\nContent-Length : 3\r\n", id="space-before-colon"),
+    pytest.param(b"Host: t\r\nContent-Length\t: 3\r\n", id="tab-before-colon"),
+    pytest.param(b"Host: t\r\nX-Folded: a\r\n  continued\r\n", id="obs-fold-space",
+                 marks=MHD_UNFOLDS),
+    pytest.param(b"Host: t\r\nX-Folded: a\r\n\tcontinued\r\n", id="obs-fold-tab",
+                 marks=MHD_UNFOLDS),
+    pytest.param(b"Host: t\r\nContent-Length: +3\r\n", id="content-length-plus"),
+    pytest.param(b"Host: t\r\nContent-Length: 3, 3\r\n", id="content-length-list"),
+    pytest.param(b"Host: t\r\nContent-Length: 0x3\r\n", id="content-length-hex"),
+])
+def test_hostile_header_syntax_is_400_and_closes(server, header_block):
+    request = b"GET /livez HTTP/1.1\r\n" + header_block + b"\r\nabc" + SMUGGLED
+    with connect(server, timeout=3) as sock:
+        sock.sendall(request)
+        data = read_until_close(sock, timeout=3)  # closed by the server, or a timeout fails
+    assert data.startswith(b"HTTP/1.1 400 "), data[:300]
+    # Exactly one answer (libmicrohttpd's own error pages may repeat their head: see
+    # MHD_DOUBLE_HEAD), and none to a request parsed from the leftovers.
+    assert not re.search(rb"HTTP/1\.1 (?!400)\d{3} ", data), data
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile JSON: deep nesting, numbers out of range, NUL and lone surrogates -> 400
+
+
+@pytest.fixture
+def order_merchant(server, make_token, merchant_id):
+    """A merchant that exists, and a token that may write its orders."""
+    r = _put(server, merchant_id, _admin(make_token, merchant_id),
+             json.dumps({"name": "Hostile", "timezone": "UTC", "currency": "EUR"}))
+    assert r.status_code == 201, r.text
+    return merchant_id, make_token(scope="orders:write", merchants=[merchant_id])
+
+
+def _post_order_bytes(server, token, merchant_id, data):
+    return requests.post(f"{server.url}/v1/merchants/{merchant_id}/orders", data=data,
+                         headers=headers(token, {"Content-Type": "application/json"}),
+                         timeout=10)
+
+
+def _order_json(**fields):
+    body = {"order_id": "hostile-1", "store_id": 1, "channel": "online",
+            "fulfillment": "pickup", "placed_at": "2026-01-01T12:00:00Z", "currency": "EUR",
+            "items": [{"sku": "A", "name": "A", "quantity": 1, "unit_price_cents": 100}]}
+    body.update(fields)
+    return json.dumps(body)
+
+
+@pytest.mark.parametrize("depth", [64, 100_000])
+def test_deep_nesting_is_400_and_the_server_survives(server, order_merchant, depth):
+    merchant_id, token = order_merchant
+    data = _order_json(note="@").replace('"@"', "[" * depth + "]" * depth).encode()
+    r = _post_order_bytes(server, token, merchant_id, data)
+    assert_problem(r, 400)
+    assert requests.get(server.url + "/livez", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("field,raw", [
+    pytest.param("quantity", "1e400", id="float-overflow"),
+    pytest.param("quantity", "18446744073709551616", id="beyond-uint64"),
+    pytest.param("quantity", "9223372036854775808", id="beyond-int64"),
+    pytest.param("quantity", "-9223372036854775809", id="below-int64"),
+    pytest.param("quantity", "1.5", id="fraction"),
+    pytest.param("quantity", "1e2", id="exponent"),
+    pytest.param("unit_price_cents", "99999999999999999999", id="price-overflow"),
+    pytest.param("unit_price_cents", "9223372036854775807", id="price-at-int64-max"),
+    pytest.param("quantity", "NaN", id="nan"),
+    pytest.param("quantity", "Infinity", id="infinity"),
+])
+def test_numbers_out_of_range_are_400(server, order_merchant, field, raw):
+    merchant_id, token = order_merchant
+    item = {"sku": "A", "name": "A", "quantity": 1, "unit_price_cents": 100, field: "@"}
+    data = _order_json(items=[item]).replace('"@"', raw)
+    r = _post_order_bytes(server, token, merchant_id, data.encode())
+    assert_problem(r, 400)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param(r'"A\u0000B"', id="escaped-nul"),
+    pytest.param(r'"\ud800"', id="lone-surrogate"),
+    pytest.param('"\x01"', id="raw-control-char"),
+])
+def test_hostile_strings_are_400(server, order_merchant, text):
+    merchant_id, token = order_merchant
+    data = _order_json(store_id=1).replace('"sku": "A"', '"sku": ' + text)
+    r = _post_order_bytes(server, token, merchant_id, data.encode("utf-8"))
+    assert_problem(r, 400)
+
+
+# ---------------------------------------------------------------------------------------------
+# slow clients: sockets trickling a byte at a time cannot starve everyone else
+
+
+def test_slow_clients_do_not_starve_others(server):
+    trickling = []
+    try:
+        for _ in range(300):
+            sock = connect(server, timeout=5)
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHo")
+            trickling.append(sock)
+        worst = 0.0
+        for second in range(3):
+            for sock in trickling:
+                sock.sendall(b"s")  # one more byte of the header each round, never finished
+            for _ in range(10):
+                start = time.monotonic()
+                assert requests.get(server.url + "/livez", timeout=5).status_code == 200
+                worst = max(worst, time.monotonic() - start)
+            time.sleep(0.5)
+        # A liveness bound, not a performance claim: starved, these would hang for the
+        # 5 s timeout; served, each takes milliseconds.
+        assert worst < 2.0, f"a request among slow clients took {worst:.2f} s"
+    finally:
+        for sock in trickling:
+            sock.close()
