@@ -1,5 +1,7 @@
 #include "cache.h"
 
+#include "local.h"
+
 #include "server/alloc.h"
 #include "server/arena.h"
 #include "server/log.h"
@@ -32,7 +34,8 @@ struct cache {
     unsigned timeout_ms;
     pthread_mutex_t lock;
     struct cache_conn *conns;
-    atomic_uint_fast64_t hits, misses, errors;
+    struct local_cache *local; /* NULL when off */
+    atomic_uint_fast64_t hits, misses, errors, local_hits;
 };
 
 static _Thread_local struct cache_conn *thread_conn;
@@ -80,7 +83,8 @@ static bool parse_url(struct cache *c, const char *url, char *err, size_t errlen
     return true;
 }
 
-struct cache *cache_new(const char *url, unsigned timeout_ms, char *err, size_t errlen)
+struct cache *cache_new(const char *url, unsigned timeout_ms, unsigned local_ms,
+                        size_t local_max_bytes, char *err, size_t errlen)
 {
     struct cache *c = xcalloc(1, sizeof(*c));
     c->timeout_ms = timeout_ms;
@@ -89,6 +93,8 @@ struct cache *cache_new(const char *url, unsigned timeout_ms, char *err, size_t 
         cache_free(c);
         return NULL;
     }
+    if (cache_enabled(c))
+        c->local = local_new(local_ms, local_max_bytes); /* Redis is its authority */
     return c;
 }
 
@@ -106,6 +112,7 @@ void cache_free(struct cache *c)
     if (c->password)
         xfree_secret(c->password, strlen(c->password));
     free(c->host);
+    local_free(c->local);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -230,12 +237,27 @@ static bool parse_state(const redisReply *r, int64_t *version, uint64_t *lsn)
     return true;
 }
 
+/* The in-process layer's answer, when it trusts a version and holds the response at it. */
+static bool local_hit(struct cache *c, int64_t merchant_id, const char *field, struct arena *a,
+                      struct cache_entry *out)
+{
+    int64_t version;
+    if (!field || !local_version(c->local, merchant_id, &version) ||
+        !local_get(c->local, merchant_id, field, version, a, out))
+        return false;
+    atomic_fetch_add(&c->local_hits, 1);
+    atomic_fetch_add(&c->hits, 1);
+    return true;
+}
+
 enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
                                      struct arena *a, struct cache_entry *out, uint64_t *lsn)
 {
     *lsn = 0;
     if (!cache_enabled(c))
         return CACHE_DISABLED;
+    if (local_hit(c, merchant_id, field, a, out))
+        return CACHE_HIT;
     redisContext *ctx = thread_context(c);
     if (!ctx)
         return CACHE_ERROR;
@@ -253,10 +275,13 @@ enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         atomic_fetch_add(&c->errors, 1);
         res = CACHE_ERROR;
-    } else if (parse_state(r->element[0], &version, lsn) && field && r->elements == 2 &&
-               r->element[1]->type == REDIS_REPLY_STRING &&
-               parse_entry(a, r->element[1]->str, r->element[1]->len, version, out)) {
-        res = CACHE_HIT;
+    } else if (parse_state(r->element[0], &version, lsn)) {
+        local_saw_version(c->local, merchant_id, version);
+        if (field && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
+            parse_entry(a, r->element[1]->str, r->element[1]->len, version, out)) {
+            res = CACHE_HIT;
+            local_put(c->local, merchant_id, field, version, out);
+        }
     }
     freeReplyObject(r);
     if (field && res != CACHE_ERROR)
@@ -285,6 +310,7 @@ void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field,
 {
     if (!cache_enabled(c))
         return;
+    local_put(c->local, merchant_id, field, version, entry);
     redisContext *ctx = thread_context(c);
     if (!ctx)
         return;
@@ -320,6 +346,8 @@ void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int
 {
     if (!cache_enabled(c) || n == 0)
         return;
+    for (size_t i = 0; i < n; i++)
+        local_saw_version(c->local, merchant_ids[i], versions[i]); /* our own writes show at once */
     redisContext *ctx = thread_context(c);
     if (!ctx)
         return;
@@ -424,6 +452,10 @@ void cache_render_metrics(struct buf *out, void *ud)
                (unsigned long long)atomic_load(&c->hits));
     buf_printf(out, "cangrejo_cache_requests_total{result=\"miss\"} %llu\n",
                (unsigned long long)atomic_load(&c->misses));
+    metrics_write_header(out, "cangrejo_cache_local_hits_total", "counter",
+                         "Cache hits answered from process memory (part of the hits above).");
+    buf_printf(out, "cangrejo_cache_local_hits_total %llu\n",
+               (unsigned long long)atomic_load(&c->local_hits));
     metrics_write_header(out, "cangrejo_cache_errors_total", "counter",
                          "Redis connection failures, timeouts and error replies.");
     buf_printf(out, "cangrejo_cache_errors_total %llu\n",

@@ -15,8 +15,11 @@ struct cache;
 enum cache_result { CACHE_HIT, CACHE_MISS, CACHE_ERROR, CACHE_DISABLED };
 
 /* Parses REDIS_URL (redis://[:password@]host:port[/db]); an empty URL gives a disabled cache.
- * Connections open lazily. NULL with a message on a malformed URL. One cache per process. */
-struct cache *cache_new(const char *url, unsigned timeout_ms, char *err, size_t errlen);
+ * Connections open lazily. local_ms > 0 adds the in-process layer of cache/local.h (versions
+ * trusted that long, at most local_max_bytes of responses). NULL with a message on a
+ * malformed URL. One cache per process. */
+struct cache *cache_new(const char *url, unsigned timeout_ms, unsigned local_ms,
+                        size_t local_max_bytes, char *err, size_t errlen);
 /* Closes every thread's connection and frees the cache. */
 void cache_free(struct cache *c);
 /* True when a Redis URL was configured. */
@@ -33,8 +36,9 @@ struct cache_entry {
 /* Per-merchant state shared by every server instance: the data version (bumped by each
  * committed write) and the primary WAL position of the merchant's last write (for
  * read-your-writes), plus cached responses, each valid only while its version is the
- * merchant's current one. One round trip. field may be NULL to read only *lsn (0 when
- * unknown). Returns CACHE_HIT only for a current entry. */
+ * merchant's current one. One round trip, none when the in-process layer holds the response
+ * at the version it trusts (then *lsn is 0). field may be NULL to read only *lsn (0 when
+ * unknown; always asked of Redis). Returns CACHE_HIT only for a current entry. */
 enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
                                      struct arena *a, struct cache_entry *out, uint64_t *lsn);
 /* Stores a response computed from data at `version`, kept ttl_s (and restores the merchant's

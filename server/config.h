@@ -51,6 +51,11 @@
       "Redis cache, redis://host:port/db; empty means no cache")                                   \
     X(redis_timeout_ms, INT, "REDIS_TIMEOUT_MS", "50", 1, 10000,                                   \
       "timeout of one Redis connect or command; then the database answers")                        \
+    X(cache_local_ms, INT, "CACHE_LOCAL_MS", "100", 0, 1000,                                       \
+      "cached metrics are served from process memory while the merchant's data version, read "      \
+      "from Redis or moved by this instance's commits, is younger than this; 0 = always Redis")   \
+    X(cache_local_max_mb, INT, "CACHE_LOCAL_MAX_MB", "32", 1, 4096,                                \
+      "memory for responses kept in process")                                                      \
     X(rate_limit_subject, STR, "RATE_LIMIT_SUBJECT", "", 0, 0,                                      \
       "quotas per token subject, SCOPE=N/WINDOW,... (e.g. orders:write=1000/1s,*=100/1s); a "      \
       "route counts against the first rule naming one of its scopes, else *; needs REDIS_URL")    \

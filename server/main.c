@@ -172,9 +172,9 @@ static int run_reprocess(const struct config *cfg, int64_t merchant, int64_t fro
     struct db_options dbo = {cfg->database_url, "", 2, 1, 30000, (unsigned)cfg->db_connect_timeout,
                              600000, 0};
     struct db *db = db_open(&dbo, err, sizeof(err));
-    struct cache *cache = db ? cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
-                                         sizeof(err))
-                             : NULL;
+    struct cache *cache =
+        db ? cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, 0, 0, err, sizeof(err))
+           : NULL;
     int rc = 1;
     h_admin_new_job_id(job_id);
     struct arena *a = arena_new();
@@ -417,7 +417,9 @@ static bool open_dependencies(struct serve_state *st)
                                             sizeof(err))) ||
         !(st->auth = auth_keeper_new(&ac, err, sizeof(err))) ||
         !(st->db = db_open(&dbo, err, sizeof(err))) ||
-        !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms, err,
+        !(st->cache = cache_new(cfg->redis_url, (unsigned)cfg->redis_timeout_ms,
+                                (unsigned)cfg->cache_local_ms,
+                                (size_t)cfg->cache_local_max_mb << 20, err,
                                 sizeof(err))) ||
         !ratelimit_new(cfg->rate_limit_subject, cfg->rate_limit_merchant, st->cache,
                        &st->ratelimit, err, sizeof(err))) {

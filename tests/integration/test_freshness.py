@@ -89,3 +89,43 @@ def test_uncached_metrics_reads_are_served_by_the_replica(server, stack, make_to
                          headers=headers(token), timeout=10)
         assert r.status_code == 200, r.text
     assert _counter(server, "cangrejo_db_reads_total", 'role="replica"') >= replica_before + 5
+
+
+def test_a_write_through_another_instance_shows_within_a_second(server, start_server,
+                                                                 make_token, merchant_id):
+    """The in-process layer trusts a version for CACHE_LOCAL_MS only: a reader instance whose
+    response sits in its memory sees another instance's write within that, not later."""
+    reader = start_server("reader", CACHE_LOCAL_MS=300)
+    token = _merchant(server, make_token, merchant_id)
+    now = dt.datetime.now(dt.timezone.utc)
+    day, placed = now.date(), now.replace(microsecond=0).isoformat()
+    worst = 0.0
+    for i in range(5):
+        before, _ = _orders_today(reader, token, merchant_id, day)
+        _orders_today(reader, token, merchant_id, day)  # now in the reader's memory
+        r = requests.post(f"{server.url}/v1/merchants/{merchant_id}/orders",
+                          json=_order(f"other-{i}", placed, 100), headers=headers(token),
+                          timeout=10)
+        assert r.status_code == 201, r.text
+        acked = time.monotonic()
+        while _orders_today(reader, token, merchant_id, day)[0] != before + 1:
+            assert time.monotonic() - acked < 1.0, f"order {i} not seen by the reader after 1 s"
+            time.sleep(0.01)
+        worst = max(worst, time.monotonic() - acked)
+    assert worst < 1.0
+
+
+def test_responses_come_from_process_memory_without_asking_redis(server, make_token,
+                                                                  merchant_id):
+    token = _merchant(server, make_token, merchant_id)
+    day = dt.datetime.now(dt.timezone.utc).date()
+    _orders_today(server, token, merchant_id, day)  # computed and cached
+
+    def local_hits():
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        return float(re.search(r"^cangrejo_cache_local_hits_total (\S+)$", text, re.M).group(1))
+
+    before = local_hits()
+    for _ in range(10):
+        _orders_today(server, token, merchant_id, day)
+    assert local_hits() >= before + 5  # the rest may have fallen on a version refresh
