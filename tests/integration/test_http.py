@@ -374,6 +374,16 @@ def test_headers_under_16k_are_fine(server):
     assert r.status_code == 200
 
 
+def test_many_headers_just_under_16k_are_fine(server, make_token, merchant_id):
+    """The per-connection memory (CONNECTION_MEMORY_LIMIT) holds the largest request head the
+    API accepts: almost 16 KiB of headers in 200 fields, a token among them."""
+    token = make_token(merchants=[merchant_id])
+    padding = {f"X-Pad-{i}": "c" * 60 for i in range(200)}  # ~14.5 KiB with the names
+    url = f"{server.url}/v1/merchants/{merchant_id}/metrics/sales?from=2026-01-01&to=2026-01-02"
+    r = requests.get(url, headers=headers(token, padding), timeout=10)
+    assert r.status_code in (200, 404), r.text  # 404: the merchant does not exist; not 431
+
+
 def test_huge_headers_are_431_and_the_server_survives(server):
     with connect(server) as sock:
         sock.sendall(b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Padding: " + b"a" * (100 * 1024)
