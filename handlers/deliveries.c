@@ -71,34 +71,41 @@ static void parse_time(struct v_errors *v, const json_t *body, const char *key, 
         v_fail(v, key, "must be an RFC 3339 timestamp with an offset");
 }
 
-static bool parse_event(struct srv_req *req, const json_t *body, struct db_delivery_event *e)
+bool delivery_event_from_json(struct v_errors *v, const json_t *body, int64_t now,
+                              struct db_delivery_event *e)
 {
     static const char *const fields[] = {"event_id", "provider",    "status", "occurred_at",
                                          "eta",      "courier_ref", NULL};
-    struct v_errors v = {.arena = req->arena};
     memset(e, 0, sizeof(*e));
-    v_no_unknown_fields(&v, body, "", fields);
-    e->order_id = srv_param(req, "order_id");
-    e->event_id = v_string(&v, body, "", "event_id", EVENT_ID_MAX);
-    e->provider = v_string(&v, body, "", "provider", PROVIDER_MAX);
-    const char *status = v_string(&v, body, "", "status", 32);
+    v_no_unknown_fields(v, body, "", fields);
+    e->event_id = v_string(v, body, "", "event_id", EVENT_ID_MAX);
+    e->provider = v_string(v, body, "", "provider", PROVIDER_MAX);
+    const char *status = v_string(v, body, "", "status", 32);
     int found = -1;
     for (int i = 0; status && i < DELIVERY_STATUS_COUNT_; i++)
         if (strcmp(status, status_names[i]) == 0)
             found = i;
     if (status && found < 0)
-        v_fail(&v, "status",
+        v_fail(v, "status",
                "must be one of assigned, picked_up, in_transit, delivered, failed, cancelled");
     e->status = (enum delivery_status)(found < 0 ? 0 : found);
     bool occurred;
-    parse_time(&v, body, "occurred_at", true, &occurred, &e->occurred_at_us);
-    if (occurred && e->occurred_at_us > now_us() + 5LL * 60 * 1000000)
-        v_fail(&v, "occurred_at", "must not be more than 5 minutes in the future");
-    parse_time(&v, body, "eta", false, &e->has_eta, &e->eta_us);
+    parse_time(v, body, "occurred_at", true, &occurred, &e->occurred_at_us);
+    if (occurred && e->occurred_at_us > now + 5LL * 60 * 1000000)
+        v_fail(v, "occurred_at", "must not be more than 5 minutes in the future");
+    parse_time(v, body, "eta", false, &e->has_eta, &e->eta_us);
     json_t *courier = json_object_get(body, "courier_ref");
     if (courier && !json_is_null(courier))
-        e->courier_ref = v_string(&v, body, "", "courier_ref", COURIER_REF_MAX);
-    if (v_ok(&v))
+        e->courier_ref = v_string(v, body, "", "courier_ref", COURIER_REF_MAX);
+    return v_ok(v);
+}
+
+static bool parse_event(struct srv_req *req, const json_t *body, struct db_delivery_event *e)
+{
+    struct v_errors v = {.arena = req->arena};
+    bool ok = delivery_event_from_json(&v, body, now_us(), e);
+    e->order_id = srv_param(req, "order_id");
+    if (ok)
         return true;
     srv_reply_validation(req, v.list);
     return false;
