@@ -246,6 +246,14 @@ static bool read_offset(const char **p, int *offset_s)
     return true;
 }
 
+/* An offset can move 0000-01-01 or 9999-12-31 out of the years that v_format_utc (and RFC 3339)
+ * can write in UTC; such instants are refused rather than rendered wrong. */
+static bool utc_year_has_four_digits(int64_t seconds)
+{
+    return seconds >= days_from_civil(0, 1, 1) * 86400 &&
+           seconds < days_from_civil(10000, 1, 1) * 86400;
+}
+
 bool v_parse_timestamp(const char *s, int64_t *epoch_us)
 {
     int y, mo, d, h, mi, sec, offset_s;
@@ -260,6 +268,8 @@ bool v_parse_timestamp(const char *s, int64_t *epoch_us)
     if (!read_fraction(&p, &micros) || !read_offset(&p, &offset_s) || *p != '\0')
         return false;
     int64_t seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_s;
+    if (!utc_year_has_four_digits(seconds))
+        return false;
     *epoch_us = seconds * 1000000 + micros;
     return true;
 }
@@ -274,7 +284,9 @@ void v_format_utc(int64_t epoch_us, char *out)
     time_t t = (time_t)seconds;
     struct tm tm;
     gmtime_r(&t, &tm);
-    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    /* Not strftime's %Y, which writes the year 1 as "1": RFC 3339 wants four digits. */
+    int n = snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
     if (micros == 0)
         snprintf(out + n, 32 - n, "Z");
     else if (micros % 1000 == 0)

@@ -72,11 +72,43 @@ static void test_string_length_counts_characters(void)
     arena_free(a);
 }
 
+/* Every accepted timestamp is written back in RFC 3339 as the same instant (found by
+ * tests/fuzz: delivery events of the year 1 came back as "1-01-01T00:00:00Z"). */
+static void test_timestamps_render_back(void)
+{
+    static const char *const cases[][2] = {
+        {"2026-11-21T12:31:07+01:00", "2026-11-21T11:31:07Z"},
+        {"2026-11-21T17:59:59.123456+05:45", "2026-11-21T12:14:59.123456Z"},
+        {"2024-02-29t23:59:59.5-12:00", "2024-03-01T11:59:59.500Z"},
+        {"0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00Z"},
+        {"0999-12-31T23:59:59Z", "0999-12-31T23:59:59Z"},
+        {"0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"},
+        {"9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999Z"},
+        {"1969-12-31T23:59:59.000001Z", "1969-12-31T23:59:59.000001Z"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int64_t us = 0, back = 0;
+        char text[32] = "";
+        CHECK(v_parse_timestamp(cases[i][0], &us));
+        v_format_utc(us, text);
+        CHECK_STR(text, cases[i][1]);
+        CHECK(v_parse_timestamp(text, &back));
+        CHECK_INT(back, us);
+    }
+    int64_t us;
+    /* Valid local times whose UTC instant has no four-digit year. */
+    CHECK(!v_parse_timestamp("0000-01-01T00:30:00+01:00", &us));
+    CHECK(!v_parse_timestamp("9999-12-31T23:59:59-23:59", &us));
+    CHECK(!v_parse_timestamp("2026-11-21T10:00:00", &us));
+    CHECK(!v_parse_timestamp("2023-02-29T00:00:00Z", &us));
+}
+
 int main(void)
 {
     TEST(test_timezones);
     TEST(test_currencies);
     TEST(test_unknown_fields_and_strings);
     TEST(test_string_length_counts_characters);
+    TEST(test_timestamps_render_back);
     return check_done();
 }
