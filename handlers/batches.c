@@ -1,5 +1,7 @@
-/* POS batch uploads: orders parsed and validated as the body streams in, stored in groups on a
- * job thread (the HTTP thread is released meanwhile), with an optional Idempotency-Key. */
+/* POS batch uploads: orders parsed and validated as the body streams in, then stored on a job
+ * thread (the HTTP thread is released meanwhile), with an optional Idempotency-Key. A large
+ * batch is stored as two transactions at once on two connections, split in time at an hour
+ * boundary so that they add to different rollup rows and do not wait for each other. */
 #include "handlers/handlers.h"
 
 #include "cache/cache.h"
@@ -16,6 +18,7 @@
 
 #include <ctype.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,7 +26,9 @@
 enum {
     BATCH_MAX_ORDERS = 10000,
     BATCH_ORDER_MAX_BYTES = 256 * 1024,
-    BATCH_GROUP = 1000, /* orders per transaction */
+    BATCH_GROUP = 2500,     /* orders per transaction at most */
+    BATCH_SPLIT_MIN = 2000, /* from this many orders, two transactions at once */
+    HOUR_US = 3600000000LL,
     IDEMPOTENCY_KEY_MAX = 255,
 };
 
@@ -47,13 +52,13 @@ struct batch {
     struct rejection *rejected;
     size_t n_rejected, cap_rejected;
     bool too_many;
-    const char *key;      /* Idempotency-Key, or NULL */
-    bool key_open;        /* this request holds the key and has not finished or released it */
+    const char *key; /* Idempotency-Key, or NULL */
+    bool key_open;   /* this request holds the key and has not finished or released it */
     enum db_idempotency key_state;
     const char *key_hash; /* the first request's body hash, when key_state is DONE */
     unsigned key_status;
     const char *key_body;
-    char hash_hex[65];    /* SHA-256 of the body */
+    char hash_hex[65];     /* SHA-256 of the body */
     const char *malformed; /* why the body as a whole is not a batch, or NULL */
     size_t accepted, duplicates;
     bool unavailable;
@@ -138,9 +143,9 @@ static bool take_order(void *ud, const char *data, size_t len, bool too_large)
     if (order_from_json(&v, obj, "", &b->rules, &o))
         keep_order(b, index, &o);
     else
-        reject(b, index, json_string_value(json_object_get(obj, "order_id")) && o.order_id
-                             ? o.order_id
-                             : NULL,
+        reject(b, index,
+               json_string_value(json_object_get(obj, "order_id")) && o.order_id ? o.order_id
+                                                                                 : NULL,
                json_incref(v.list));
     json_decref(v.list);
     arena_free(scratch);
@@ -170,9 +175,8 @@ static struct batch *start_batch(struct srv_req *req)
     arena_defer(req->arena, free_batch, b);
     req->handler_state = b;
     const char *ct = srv_header(req, "Content-Type");
-    enum batch_format format = ct && strncasecmp(ct, "application/x-ndjson", 20) == 0
-                                   ? BATCH_NDJSON
-                                   : BATCH_JSON;
+    enum batch_format format =
+        ct && strncasecmp(ct, "application/x-ndjson", 20) == 0 ? BATCH_NDJSON : BATCH_JSON;
     batch_stream_init(&b->stream, format, BATCH_ORDER_MAX_BYTES, take_order, b);
     b->key = srv_header(req, "Idempotency-Key");
     if (b->key && !valid_idempotency_key(b->key)) {
@@ -186,13 +190,12 @@ static struct batch *start_batch(struct srv_req *req)
                           st == DB_NOT_FOUND ? "no such merchant" : "the database is unavailable");
         return NULL;
     }
-    b->rules = order_rules_for(req->merchant_id, b->merchant.currency, now_us(),
-                               app->retention_months);
+    b->rules =
+        order_rules_for(req->merchant_id, b->merchant.currency, now_us(), app->retention_months);
     /* The key is taken now, not when the body is complete: a second request with it while
      * this one is still uploading must see it running. */
-    if (b->key && db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key,
-                                       &b->key_state, &b->key_hash, &b->key_status,
-                                       &b->key_body) != DB_OK) {
+    if (b->key && db_idempotency_claim(app->db, req->arena, req->merchant_id, b->key, &b->key_state,
+                                       &b->key_hash, &b->key_status, &b->key_body) != DB_OK) {
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
         return NULL;
     }
@@ -237,31 +240,98 @@ static void count_result(struct batch *b, size_t i, enum db_ingest_result r)
     }
 }
 
-static void store_group(struct batch *b, struct db_conn *c, size_t first, size_t n,
-                        enum db_ingest_result *results)
+/* Stores orders[first, first + n) on connection c (when it has one) in transactions of at
+ * most BATCH_GROUP; results[i] is what became of orders[first + i]. Runs on its own thread for
+ * a second half, so it only writes its own slice of results. */
+struct slice {
+    struct batch *b;
+    struct db_conn *c;
+    size_t first, n;
+    enum db_ingest_result *results;
+};
+
+static void *store_slice(void *arg)
 {
-    struct h_app *app = b->req->app;
-    struct db_ingest_commit commit = {0};
-    db_ingest(app->db, c, b->orders + first, n, results, &commit);
-    cache_merchant_bump(app->cache, commit.merchant_ids, commit.versions, commit.n_merchants,
-                        commit.lsn);
-    db_ingest_commit_free(&commit);
-    for (size_t i = 0; i < n; i++)
-        count_result(b, first + i, results[i]);
+    struct slice *s = arg;
+    struct h_app *app = s->b->req->app;
+    struct db_conn *c = s->c;
+    for (size_t done = 0; done < s->n;) {
+        size_t n = s->n - done < BATCH_GROUP ? s->n - done : BATCH_GROUP;
+        struct db_ingest_commit commit = {0};
+        if (c)
+            db_ingest(app->db, c, s->b->orders + s->first + done, n, s->results + done, &commit);
+        else
+            for (size_t i = 0; i < n; i++)
+                s->results[done + i] = INGEST_UNAVAILABLE;
+        cache_merchant_bump(app->cache, commit.merchant_ids, commit.versions, commit.n_merchants,
+                            commit.lsn);
+        db_ingest_commit_free(&commit);
+        if (s->results[done] == INGEST_UNAVAILABLE)
+            c = NULL; /* the primary went away: the rest is not tried */
+        done += n;
+    }
+    return NULL;
+}
+
+struct placed_order {
+    struct db_order *order;
+    size_t index;
+};
+
+static int compare_placed(const void *pa, const void *pb)
+{
+    const struct placed_order *a = pa, *b = pb;
+    int64_t x = a->order->placed_at_us, y = b->order->placed_at_us;
+    return (x > y) - (x < y);
+}
+
+/* Sorts the orders by placed_at (keeping their batch indexes) and returns where a second
+ * transaction can start: the hour boundary nearest the middle, or 0 when there is none. */
+static size_t split_by_hour(struct batch *b)
+{
+    struct placed_order *p = xmalloc(b->n_orders * sizeof(*p));
+    for (size_t i = 0; i < b->n_orders; i++)
+        p[i] = (struct placed_order){b->orders[i], b->indexes[i]};
+    qsort(p, b->n_orders, sizeof(*p), compare_placed);
+    for (size_t i = 0; i < b->n_orders; i++) {
+        b->orders[i] = p[i].order;
+        b->indexes[i] = p[i].index;
+    }
+    free(p);
+    size_t best = 0, mid = b->n_orders / 2;
+    for (size_t i = 1; i < b->n_orders; i++) {
+        bool boundary =
+            b->orders[i - 1]->placed_at_us / HOUR_US != b->orders[i]->placed_at_us / HOUR_US;
+        size_t off = i > mid ? i - mid : mid - i, best_off = best > mid ? best - mid : mid - best;
+        if (boundary && (best == 0 || off < best_off))
+            best = i;
+    }
+    return best;
 }
 
 static void store_batch(void *arg)
 {
     struct batch *b = arg;
     struct h_app *app = b->req->app;
-    enum db_ingest_result *results = xmalloc(BATCH_GROUP * sizeof(*results));
-    struct db_conn *c = b->n_orders ? db_acquire_primary(app->db) : NULL;
-    b->unavailable = b->n_orders && !c;
-    for (size_t first = 0; c && first < b->n_orders && !b->unavailable; first += BATCH_GROUP) {
-        size_t n = b->n_orders - first < BATCH_GROUP ? b->n_orders - first : BATCH_GROUP;
-        store_group(b, c, first, n, results);
+    enum db_ingest_result *results = xmalloc((b->n_orders + 1) * sizeof(*results));
+    size_t split = b->n_orders >= BATCH_SPLIT_MIN ? split_by_hour(b) : 0;
+    struct db_conn *c1 = b->n_orders ? db_acquire_primary(app->db) : NULL;
+    struct slice first = {b, c1, 0, split ? split : b->n_orders, results};
+    struct slice second = {b, c1, first.n, b->n_orders - first.n, results + first.n};
+    struct db_conn *c2 = c1 && second.n ? db_acquire_primary(app->db) : NULL;
+    pthread_t thread;
+    bool threaded = c2 && (second.c = c2, pthread_create(&thread, NULL, store_slice, &second) == 0);
+    store_slice(&first);
+    if (threaded) {
+        pthread_join(thread, NULL);
+    } else if (second.n) {
+        second.c = c1;
+        store_slice(&second);
     }
-    db_release(c);
+    db_release(c2);
+    db_release(c1);
+    for (size_t i = 0; i < b->n_orders; i++)
+        count_result(b, i, results[i]);
     free(results);
     srv_resume(b->req);
 }
@@ -368,8 +438,8 @@ void h_batches_post(struct srv_req *req)
                               b->malformed ? b->malformed : b->stream.error);
         return;
     }
-    if (b->key_open && db_idempotency_set_hash(app->db, req->merchant_id, b->key, b->hash_hex) !=
-                           DB_OK) {
+    if (b->key_open &&
+        db_idempotency_set_hash(app->db, req->merchant_id, b->key, b->hash_hex) != DB_OK) {
         release_key(req, b);
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the primary database is unavailable");
         return;
