@@ -4,6 +4,8 @@
 #include "server/log.h"
 #include "server/metrics.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -18,6 +20,7 @@ enum {
     LSN_SLOTS = 1 << 16,
     MONITOR_INTERVAL_MS = 500,
     MONITOR_WAIT_MS = 100,
+    ANSWER_MARGIN_MS = 1000, /* past statement_timeout, before a silent server is given up */
 };
 
 struct db_conn {
@@ -26,6 +29,7 @@ struct db_conn {
     struct db_conn *next_idle;
     uint64_t prepared[2]; /* bit i: statement i is prepared on this connection */
     bool broken;
+    bool lost; /* the server went away or stopped answering: its other connections are suspect */
 };
 
 struct db_pool {
@@ -141,6 +145,9 @@ static PGconn *pool_connect(struct db_pool *p)
         PQfinish(pg);
         return NULL;
     }
+    /* Sends never block either: a query to a server that stops reading waits in await_answer
+     * under its deadline, not in send(). */
+    PQsetnonblocking(pg, 1);
     return pg;
 }
 
@@ -220,7 +227,7 @@ static bool conn_reset_state(struct db_conn *c)
         return true;
     if (ts != PQTRANS_INTRANS && ts != PQTRANS_INERROR)
         return false;
-    PGresult *r = PQexec(c->pg, "ROLLBACK");
+    PGresult *r = db_exec_simple(c, "ROLLBACK");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     return ok && PQtransactionStatus(c->pg) == PQTRANS_IDLE;
@@ -253,7 +260,7 @@ void db_release(struct db_conn *c)
         return;
     struct db_pool *p = c->pool;
     bool keep = conn_reset_state(c);
-    bool lost = !keep && PQstatus(c->pg) != CONNECTION_OK;
+    bool lost = !keep && (c->lost || PQstatus(c->pg) != CONNECTION_OK);
     if (!keep) {
         c->next_idle = NULL;
         close_conns(p, c);
@@ -540,12 +547,57 @@ static void note_connection_state(struct db_conn *c)
         c->broken = true;
 }
 
+/* The answer to the query just sent (its last result, or its first error), waiting at most
+ * statement_timeout plus a margin. statement_timeout is enforced by the server, so a server
+ * that stops answering without closing the connection (packets dropped, a hung host or
+ * proxy: TCP keeps acknowledging, keepalives and the TCP user timeout never fire) would
+ * otherwise hold the caller, a writer or an HTTP thread, forever. */
+static PGresult *await_answer(struct db_conn *c, bool sent)
+{
+    if (c->lost) /* given up with a query pending: the send failed, and no answer will come */
+        return PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+    int64_t deadline = now_ms() + c->pool->statement_timeout_ms + ANSWER_MARGIN_MS;
+    PGresult *answer = NULL;
+    for (;;) {
+        int unsent = sent ? PQflush(c->pg) : -1;
+        /* Once sending or reading failed, PQgetResult no longer waits: it hands over what was
+         * read (the server's own error, if any) and then the connection's error. */
+        bool failed = unsent < 0 || !PQconsumeInput(c->pg);
+        while (failed || !PQisBusy(c->pg)) {
+            PGresult *r = PQgetResult(c->pg);
+            if (!r) {
+                note_connection_state(c);
+                return answer ? answer : PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+            }
+            if (answer && PQresultStatus(answer) == PGRES_FATAL_ERROR) {
+                PQclear(r); /* keep the first error, as PQexec does */
+            } else {
+                PQclear(answer);
+                answer = r;
+            }
+        }
+        int64_t left = deadline - now_ms();
+        struct pollfd pfd = {PQsocket(c->pg), (short)(POLLIN | (unsent ? POLLOUT : 0)), 0};
+        if (left <= 0 || (poll(&pfd, 1, (int)left) < 0 && errno != EINTR)) {
+            PQclear(answer);
+            log_warn("db %s: no answer within statement_timeout: connection given up",
+                     c->pool->label);
+            /* Broken: closed on release; lost: its pool drops the idle ones and backs off, as
+             * after a crash (they lead to the same silent server). */
+            c->broken = true;
+            c->lost = true;
+            return PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
+        }
+    }
+}
+
 static bool ensure_prepared(struct db_conn *c, enum db_stmt stmt)
 {
     if (c->prepared[stmt / 64] & (1ull << (stmt % 64)))
         return true;
     const struct db_stmt_def *def = db_stmt_def(stmt);
-    PGresult *r = PQprepare(c->pg, def->name, def->sql, def->n_params, NULL);
+    PGresult *r =
+        await_answer(c, PQsendPrepare(c->pg, def->name, def->sql, def->n_params, NULL) == 1);
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     if (!ok) {
         char msg[256];
@@ -565,7 +617,8 @@ PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *param
     if (!ensure_prepared(c, stmt))
         return PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
     const struct db_stmt_def *def = db_stmt_def(stmt);
-    PGresult *r = PQexecPrepared(c->pg, def->name, def->n_params, params, NULL, NULL, 0);
+    PGresult *r = await_answer(
+        c, PQsendQueryPrepared(c->pg, def->name, def->n_params, params, NULL, NULL, 0) == 1);
     if (PQresultStatus(r) == PGRES_FATAL_ERROR)
         note_connection_state(c);
     return r;
@@ -589,7 +642,7 @@ enum db_status db_run_primary(struct db *db, enum db_stmt stmt, const char *cons
 
 PGresult *db_exec_simple(struct db_conn *c, const char *sql)
 {
-    PGresult *r = PQexec(c->pg, sql);
+    PGresult *r = await_answer(c, PQsendQuery(c->pg, sql) == 1);
     if (PQresultStatus(r) == PGRES_FATAL_ERROR)
         note_connection_state(c);
     return r;
