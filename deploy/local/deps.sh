@@ -39,9 +39,11 @@ for pkg in "${want[@]}"; do
     fi
 done
 # npm ships with nodejs from some third-party repositories (and conflicts with Debian's npm
-# there); only ask apt for it when no npm is on PATH.
-if [[ " ${want[*]} " == *" yamllint "* ]] && ! command -v npm >/dev/null; then
-    missing+=(npm)
+# there), and kubectl (for `kubectl kustomize`, offline) may come from another repository too:
+# only ask apt for Debian's packages when the command is not on PATH.
+if [[ " ${want[*]} " == *" yamllint "* ]]; then
+    command -v npm >/dev/null || missing+=(npm)
+    command -v kubectl >/dev/null || missing+=(kubernetes-client)
 fi
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
