@@ -14,7 +14,7 @@ build_pkgs=(build-essential meson ninja-build pkg-config libmicrohttpd-dev libpq
     libhiredis-dev libjansson-dev libssl-dev libjwt-dev postgresql postgresql-contrib
     redis-server tzdata ca-certificates curl python3 python3-yaml)
 test_pkgs=(python3-pytest python3-requests python3-jwt python3-psycopg2 python3-redis
-    python3-hypothesis python3-cryptography clang libclang-rt-14-dev wrk bc nginx-light
+    python3-hypothesis python3-cryptography python3-jsonschema clang libclang-rt-14-dev wrk bc nginx-light
     testssl.sh sqlmap prometheus yamllint chromium iproute2)
 
 want=("${build_pkgs[@]}")
