@@ -1,0 +1,8 @@
+-- wrk: the same GET (the URL given to wrk) on every request, with $TOKEN as bearer token when
+-- set. No request() or response() function, so wrk sends a pre-built request: the cheapest
+-- client there is, the same for cangrejo and for nginx.
+local token = os.getenv("TOKEN")
+if token and token ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. token
+end
+dofile(os.getenv("BENCH_WRK_DIR") .. "/report.lua")
