@@ -11,6 +11,7 @@
 #include "db/rankings.h"
 #include "handlers/handlers.h"
 #include "server/arena.h"
+#include "server/encoding.h"
 #include "server/json.h"
 
 #include <openssl/evp.h>
@@ -360,28 +361,6 @@ void h_metrics_format_local(const char *local, int32_t utc_offset_s, char out[H_
     int32_t abs_s = utc_offset_s < 0 ? -utc_offset_s : utc_offset_s;
     snprintf(out, H_METRICS_LABEL_MAX, "%.24s%c%02d:%02d", local, utc_offset_s < 0 ? '-' : '+',
              (int)(abs_s / 3600), (int)(abs_s / 60 % 60));
-}
-
-bool h_metrics_etag_matches(const char *if_none_match, const char *etag)
-{
-    if (!if_none_match || !etag)
-        return false;
-    size_t etag_len = strlen(etag);
-    const char *p = if_none_match;
-    for (;;) {
-        p += strspn(p, " \t,");
-        if (*p == '*')
-            return true;
-        if (strncmp(p, "W/", 2) == 0)
-            p += 2; /* If-None-Match compares weakly */
-        const char *end = *p == '"' ? strchr(p + 1, '"') : NULL;
-        if (!end)
-            return false;
-        size_t len = (size_t)(end + 1 - p);
-        if (len == etag_len && memcmp(p, etag, len) == 0)
-            return true;
-        p = end + 1;
-    }
 }
 
 static const char *bound_key(struct arena *a, const struct db_sales_bound *b)
@@ -757,7 +736,7 @@ static void reply_entry(struct srv_req *req, const struct cache_entry *e)
 {
     srv_add_header(req, "ETag", e->etag);
     srv_add_header(req, "Cache-Control", METRICS_CACHE_CONTROL);
-    if (h_metrics_etag_matches(srv_header(req, "If-None-Match"), e->etag))
+    if (enc_etag_matches(srv_header(req, "If-None-Match"), e->etag))
         srv_reply_empty(req, 304);
     else
         srv_reply_bytes(req, 200, JSON_CONTENT_TYPE, e->body, e->body_len);

@@ -85,8 +85,6 @@ bool h_metrics_check_bounds(const struct db_sales_bound *from, const struct db_s
 int64_t h_metrics_round_half_up(int64_t num, int64_t den);
 /* "YYYY-MM-DDTHH:MM:SS" and an offset as RFC 3339 with +hh:mm/-hh:mm (never Z). */
 void h_metrics_format_local(const char *local, int32_t utc_offset_s, char out[H_METRICS_LABEL_MAX]);
-/* True when an If-None-Match header value ("*" or a list of possibly weak tags) names etag. */
-bool h_metrics_etag_matches(const char *if_none_match, const char *etag);
 /* The cache field of a sales response: every parameter, normalized, with the zone and
  * currency it is computed for. */
 const char *h_metrics_sales_cache_field(struct arena *a, const struct h_metrics_sales_params *p,

@@ -56,6 +56,9 @@
       "from Redis or moved by this instance's commits, is younger than this; 0 = always Redis")   \
     X(cache_local_max_mb, INT, "CACHE_LOCAL_MAX_MB", "32", 1, 4096,                                \
       "memory for responses kept in process")                                                      \
+    X(cors_allowed_origins, STR, "CORS_ALLOWED_ORIGINS", "", 0, 0,                                  \
+      "origins whose pages may call the API (CORS), comma-separated like "                         \
+      "https://dash.example.com, or *; empty means none")                                          \
     X(rate_limit_subject, STR, "RATE_LIMIT_SUBJECT", "", 0, 0,                                      \
       "quotas per token subject, SCOPE=N/WINDOW,... (e.g. orders:write=1000/1s,*=100/1s); a "      \
       "route counts against the first rule naming one of its scopes, else *; needs REDIS_URL")    \

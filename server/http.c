@@ -4,6 +4,8 @@
 #include "arena.h"
 #include "json.h"
 #include "log.h"
+#include "cors.h"
+#include "encoding.h"
 #include "metrics.h"
 #include "ratelimit.h"
 
@@ -36,6 +38,7 @@ struct srv {
     const struct srv_route *routes;
     struct auth_keeper *auth;
     struct ratelimit *ratelimit;
+    const struct cors *cors;
     void *app;
     atomic_bool draining;
     atomic_uint in_flight;
@@ -573,6 +576,35 @@ static bool within_quota(struct srv_req *req)
     return false;
 }
 
+/* A CORS preflight: OPTIONS asking whether a cross-origin request may be sent. */
+static bool is_preflight(struct srv_req *req, const char *method)
+{
+    return req->srv->cors && strcmp(method, "OPTIONS") == 0 && srv_header(req, "Origin") &&
+           srv_header(req, "Access-Control-Request-Method");
+}
+
+/* Answered before routing and authentication (a preflight carries no token): 204 with what
+ * the path allows, 403 for an origin not in CORS_ALLOWED_ORIGINS, 404 for an unknown path. */
+static void answer_preflight(struct srv_req *req)
+{
+    enum srv_method m = router_parse_method(srv_header(req, "Access-Control-Request-Method"));
+    router_match(req->srv->router, m, req->path, strlen(req->path), &req->match);
+    if (!cors_allows(req->srv->cors, srv_header(req, "Origin"))) {
+        srv_reply_problem(req, PROBLEM_FORBIDDEN, "this origin may not call the API");
+        return;
+    }
+    if (!req->match.allowed) {
+        srv_reply_problem(req, PROBLEM_NOT_FOUND, "no such route");
+        return;
+    }
+    char allow[96];
+    router_format_allow(req->match.allowed, allow, sizeof(allow));
+    srv_add_header(req, "Access-Control-Allow-Methods", allow);
+    srv_add_header(req, "Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
+    srv_add_header(req, "Access-Control-Max-Age", CORS_MAX_AGE);
+    srv_reply_empty(req, 204);
+}
+
 /* First call for a request: everything that can be decided from the headers alone. */
 static void begin_request(struct srv_req *req, const char *method)
 {
@@ -587,6 +619,10 @@ static void begin_request(struct srv_req *req, const char *method)
         return;
     if (headers_too_large(req)) {
         srv_reply_problem(req, PROBLEM_HEADERS_TOO_LARGE, "request headers exceed 16 KiB");
+        return;
+    }
+    if (is_preflight(req, method)) {
+        answer_preflight(req);
         return;
     }
     if (!route_to_handler(req, method) || !body_acceptable(req))
@@ -656,8 +692,53 @@ static void dispatch(struct srv_req *req)
     run_handler(req, req->route->handler);
 }
 
+/* gzip for clients that accept it, when the body is text worth compressing; the ETag then
+ * names the gzip representation (and a 304 echoes the tag the client holds). */
+static void negotiate_encoding(struct srv_req *req)
+{
+    bool gzip_ok = enc_accepts_gzip(srv_header(req, "Accept-Encoding"));
+    bool compress = req->status != 304 && enc_compressible(req->content_type) &&
+                    req->resp_len >= ENC_GZIP_MIN_BYTES;
+    if (compress)
+        srv_add_header(req, "Vary", "Accept-Encoding");
+    if (!gzip_ok || (!compress && req->status != 304))
+        return;
+    if (compress) {
+        size_t len;
+        char *gz = enc_gzip(req->arena, req->resp_body, req->resp_len, &len);
+        if (!gz)
+            return;
+        req->resp_body = gz;
+        req->resp_len = len;
+        srv_add_header(req, "Content-Encoding", "gzip");
+    }
+    const char *inm = srv_header(req, "If-None-Match");
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (strcasecmp(req->headers[i].name, "ETag") != 0)
+            continue;
+        const char *twin = enc_gzip_etag(req->arena, req->headers[i].value);
+        if (compress || (inm && strstr(inm, twin)))
+            req->headers[i].value = twin;
+    }
+}
+
+/* CORS: a page of an allowed origin may read the answer and the headers it needs. */
+static void allow_origin(struct srv_req *req)
+{
+    if (!req->srv->cors)
+        return;
+    srv_add_header(req, "Vary", "Origin");
+    const char *origin = srv_header(req, "Origin");
+    if (!cors_allows(req->srv->cors, origin))
+        return;
+    srv_add_header(req, "Access-Control-Allow-Origin", origin);
+    srv_add_header(req, "Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS);
+}
+
 static enum MHD_Result queue_reply(struct srv_req *req)
 {
+    negotiate_encoding(req);
+    allow_origin(req);
     struct MHD_Response *resp = MHD_create_response_from_buffer(
         req->resp_len, (void *)req->resp_body, MHD_RESPMEM_PERSISTENT);
     if (!resp)
@@ -804,6 +885,7 @@ struct srv *srv_start(const struct srv_options *opt, const struct srv_route *rou
     s->routes = routes;
     s->auth = opt->auth;
     s->ratelimit = opt->ratelimit;
+    s->cors = opt->cors;
     s->app = opt->app;
     s->router = router_new(routes, n_routes, err, errlen);
     if (!s->router) {

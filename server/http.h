@@ -17,11 +17,12 @@ struct arena;
 struct MHD_Connection;
 struct srv;
 struct ratelimit;
+struct cors;
 struct query_args;
 
 enum {
     SRV_MAX_HEADER_BYTES = 16 * 1024, /* API.md: request headers at most 16 KiB, else 431 */
-    SRV_MAX_RESPONSE_HEADERS = 12,
+    SRV_MAX_RESPONSE_HEADERS = 16,
 };
 
 struct srv_header {
@@ -81,6 +82,7 @@ struct srv_options {
     const char *tls_cert_pem, *tls_key_pem; /* file contents, or NULL for plain HTTP */
     struct auth_keeper *auth; /* token verifier, reloaded on SIGHUP */
     struct ratelimit *ratelimit; /* NULL: no quotas */
+    const struct cors *cors;     /* NULL: no cross-origin access */
     void *app;
 };
 

@@ -12,6 +12,7 @@
 #include "server/arena.h"
 #include "server/auth.h"
 #include "server/config.h"
+#include "server/cors.h"
 #include "server/crypto.h"
 #include "server/http.h"
 #include "server/jobs.h"
@@ -377,6 +378,7 @@ struct serve_state {
     struct db *db;
     struct cache *cache;
     struct ratelimit *ratelimit; /* NULL when no quota is configured */
+    struct cors *cors;           /* NULL when no cross-origin access is allowed */
     struct db_writer *writer;
     struct jobs *jobs;
     struct h_app app;
@@ -422,7 +424,8 @@ static bool open_dependencies(struct serve_state *st)
                                 (size_t)cfg->cache_local_max_mb << 20, err,
                                 sizeof(err))) ||
         !ratelimit_new(cfg->rate_limit_subject, cfg->rate_limit_merchant, st->cache,
-                       &st->ratelimit, err, sizeof(err))) {
+                       &st->ratelimit, err, sizeof(err)) ||
+        !cors_new(cfg->cors_allowed_origins, &st->cors, err, sizeof(err))) {
         fprintf(stderr, "cangrejo: configuration error: %s\n", err);
         return false;
     }
@@ -507,6 +510,7 @@ static bool start_http(struct serve_state *st)
         .tls_key_pem = st->tls_key,
         .auth = st->auth,
         .ratelimit = st->ratelimit,
+        .cors = st->cors,
         .app = &st->app,
     };
     size_t n_routes = sizeof(routes) / sizeof(routes[0]);
@@ -584,6 +588,7 @@ static void close_all(struct serve_state *st)
     db_writer_stop(st->writer);
     metrics_shutdown();
     ratelimit_free(st->ratelimit);
+    cors_free(st->cors);
     cache_free(st->cache);
     db_close(st->db);
     auth_keeper_free(st->auth);

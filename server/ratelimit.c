@@ -108,8 +108,7 @@ bool ratelimit_new(const char *per_subject, const char *per_merchant, struct cac
     struct ratelimit *rl = xcalloc(1, sizeof(*rl));
     rl->cache = cache;
     *out = NULL;
-    if (!parse_ruleset("RATE_LIMIT_SUBJECT", per_subject, &rl->kinds[KIND_SUBJECT], err,
-                       errlen) ||
+    if (!parse_ruleset("RATE_LIMIT_SUBJECT", per_subject, &rl->kinds[KIND_SUBJECT], err, errlen) ||
         !parse_ruleset("RATE_LIMIT_MERCHANT", per_merchant, &rl->kinds[KIND_MERCHANT], err,
                        errlen)) {
         free(rl);

@@ -14,17 +14,17 @@ struct auth_principal;
 
 /* One request's identity as the limiter sees it. */
 struct ratelimit_subject {
-    uint32_t route_scopes;               /* the scopes that let a token use the route */
+    uint32_t route_scopes; /* the scopes that let a token use the route */
     const struct auth_principal *principal;
-    int64_t merchant_id;                 /* 0 when the route names no merchant */
+    int64_t merchant_id; /* 0 when the route names no merchant */
 };
 
 /* The decision for one request: the headers to send, and whether it may go on. */
 struct ratelimit_verdict {
-    bool limited;          /* answer 429 */
-    unsigned retry_after;  /* seconds, when limited */
-    char policy[160];      /* RateLimit-Policy value, "" when no rule applies */
-    char state[96];        /* RateLimit value, "" when unknown (Redis down) */
+    bool limited;         /* answer 429 */
+    unsigned retry_after; /* seconds, when limited */
+    char policy[160];     /* RateLimit-Policy value, "" when no rule applies */
+    char state[96];       /* RateLimit value, "" when unknown (Redis down) */
 };
 
 struct ratelimit;

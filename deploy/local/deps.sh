@@ -11,7 +11,7 @@
 set -euo pipefail
 
 build_pkgs=(build-essential meson ninja-build pkg-config libmicrohttpd-dev libpq-dev
-    libhiredis-dev libjansson-dev libssl-dev libjwt-dev postgresql postgresql-contrib
+    libhiredis-dev libjansson-dev libssl-dev libjwt-dev zlib1g-dev postgresql postgresql-contrib
     redis-server tzdata ca-certificates curl python3 python3-yaml)
 test_pkgs=(python3-pytest python3-requests python3-jwt python3-psycopg2 python3-redis
     python3-hypothesis python3-cryptography python3-jsonschema clang libclang-rt-14-dev wrk bc nginx-light

@@ -216,21 +216,6 @@ static void test_format_local(void)
     CHECK_STR(out, "2026-11-02T00:00:00-02:30");
 }
 
-static void test_etag_matches(void)
-{
-    const char *etag = "\"0123456789abcdef0123456789abcdef\"";
-    CHECK(h_metrics_etag_matches(etag, etag));
-    CHECK(h_metrics_etag_matches("*", etag));
-    CHECK(h_metrics_etag_matches("W/\"0123456789abcdef0123456789abcdef\"", etag));
-    CHECK(h_metrics_etag_matches("\"x\", W/\"y\" ,\"0123456789abcdef0123456789abcdef\"", etag));
-    CHECK(!h_metrics_etag_matches("\"x\", \"y\"", etag));
-    CHECK(!h_metrics_etag_matches("0123456789abcdef0123456789abcdef", etag));
-    CHECK(!h_metrics_etag_matches("\"0123456789abcdef0123456789abcde\"", etag));
-    CHECK(!h_metrics_etag_matches("\"0123456789abcdef0123456789abcdef", etag));
-    CHECK(!h_metrics_etag_matches("", etag));
-    CHECK(!h_metrics_etag_matches(NULL, etag));
-}
-
 static void test_cache_field_and_keys(void)
 {
     struct arena *a = arena_new();
@@ -257,7 +242,6 @@ int main(void)
     TEST(test_check_range);
     TEST(test_round_half_up);
     TEST(test_format_local);
-    TEST(test_etag_matches);
     TEST(test_cache_field_and_keys);
     return check_done();
 }
