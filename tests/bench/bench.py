@@ -764,7 +764,8 @@ class Bench:
         rss = idle["rss_kib"] / 1024
         rows = [{"scenario": f"memory, {cfg['idle_conns']:,} idle keep-alive conns",
                  "unit": "-", "rate": None, "p50_ms": None, "p99_ms": None,
-                 "baseline": {"name": "RSS before", "text": f"{idle['rss_before_kib'] / 1024:.1f} MiB"},
+                 "baseline": {"name": "RSS before",
+                              "text": f"{idle['rss_before_kib'] / 1024:.1f} MiB"},
                  "measured": f"RSS {rss:.1f} MiB", "bar": "RSS<=64MiB",
                  "result": "PASS" if rss <= 64 else "FAIL", "details": idle}]
         if idle["served"] != cfg["idle_conns"]:
@@ -787,8 +788,8 @@ class Bench:
 
 # ---- report ---------------------------------------------------------------------------------
 
-def fmt_rate(v, unit="/s"):
-    return "-" if v is None else f"{v:,.0f}{unit}"
+def fmt_rate(v, unit):
+    return "-" if v is None else f"{v:,.0f} {unit}"
 
 
 def fmt_ms(v):
@@ -805,9 +806,9 @@ def table(rows):
         base = "-"
         if b:
             base = f"{b['name']} {b['text']}" if "text" in b else \
-                f"{b['name']} {fmt_rate(b.get('rate'))}"
-        lines.append([r["scenario"], fmt_rate(r.get("rate")), fmt_ms(r.get("p50_ms")),
-                      fmt_ms(r.get("p99_ms")), base,
+                f"{b['name']} {fmt_rate(b.get('rate'), r['unit'])}"
+        lines.append([r["scenario"], fmt_rate(r.get("rate"), r.get("unit")),
+                      fmt_ms(r.get("p50_ms")), fmt_ms(r.get("p99_ms")), base,
                       "-" if r.get("ratio") is None else f"{r['ratio']:.2f}x",
                       r.get("measured", "-"), r.get("bar", "-"), r["result"]])
     widths = [max(len(str(x[i])) for x in [head] + lines) for i in range(len(head))]
@@ -879,7 +880,9 @@ def main(argv):
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for sig in (signal.SIGINT, signal.SIGHUP):  # unless ignored (nohup, a shell's `&`)
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, on_signal)
 
     cleanup = Cleanup()
     rows, report = [], None
@@ -903,19 +906,22 @@ def main(argv):
                     new = getattr(bench, f"scenario_{name}")()
                 except ScenarioError as e:
                     new = [{"scenario": name, "result": "ERROR", "note": str(e)}]
-                except Exception as e:
-                    new = [{"scenario": name, "result": "ERROR", "note": f"{type(e).__name__}: {e}"}]
+                except Exception as e:  # a bug of the harness or a dead dependency
+                    new = [{"scenario": name, "result": "ERROR",
+                            "note": f"{type(e).__name__}: {e}"}]
                 for r in new:
                     r["scenario_key"] = name
                     r["seconds"] = round(time.monotonic() - t0, 1)
-                    log(f"  {r['scenario']}: {r['result']}" + (f" ({r['note']})" if r.get("note") else ""))
+                    note = f" ({r['note']})" if r.get("note") else ""
+                    log(f"  {r['scenario']}: {r['result']}{note}")
                 rows += new
         except KeyboardInterrupt:
             print("interrupted; stopping what was started", file=sys.stderr)
             cleanup.run()
             return 130
         except Exception as e:
-            rows.append({"scenario": "setup", "result": "ERROR", "note": f"{type(e).__name__}: {e}"})
+            rows.append({"scenario": "setup", "result": "ERROR",
+                         "note": f"{type(e).__name__}: {e}"})
         finally:
             cleanup.run()
         wall = time.time() - started
