@@ -938,6 +938,10 @@ def main(argv):
     print(f"cangrejo benchmark ({mode}, {report['machine']['cpus']} CPUs, load "
           f"{load_start[0]:.2f} at start), {wall:.0f} s wall; JSON: {os.path.relpath(path, ROOT)}")
     print(table(rows))
+    busiest = max(load_start[0], report["machine"]["loadavg_end"][0])
+    if busiest > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average up to {busiest:.1f} on {os.cpu_count()} CPUs during the "
+              "run: other work shared the machine, so these figures are noisy")
     if any(r["result"] == "ERROR" for r in rows):
         return 1
     if args.strict and any(r["result"] == "FAIL" for r in rows):
