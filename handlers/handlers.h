@@ -28,6 +28,8 @@ extern const size_t h_openapi_json_len;
 
 /* GET /openapi.json */
 void h_docs_openapi(struct srv_req *req);
+/* GET /docs, /dashboard and their assets (embedded from web/; see handlers/web.h) */
+void h_web_get(struct srv_req *req);
 
 /* GET /livez */
 void h_health_livez(struct srv_req *req);
