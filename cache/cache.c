@@ -18,6 +18,8 @@
 
 enum {
     RECONNECT_BACKOFF_MS = 1000,
+    PENDING_MAX = 65536,     /* merchants whose version move waits for Redis, at most */
+    PENDING_RETRY_MS = 100,  /* how often a waiting move is tried again */
     CACHE_MERCHANT_TTL_S = 24 * 3600, /* versions and LSNs outlive any cached response */
 };
 
@@ -36,6 +38,21 @@ struct cache {
     struct cache_conn *conns;
     struct local_cache *local; /* NULL when off */
     atomic_uint_fast64_t hits, misses, errors, local_hits;
+    /* Version moves that did not reach Redis (stall, timeout, outage): retried until they do,
+     * else other instances would take responses of the old version for current. */
+    pthread_mutex_t pending_lock;
+    struct pending_bump *pending;
+    size_t n_pending;
+    atomic_bool has_pending;
+    atomic_int_fast64_t pending_retry_ms;
+    pthread_t retrier; /* retries them when no request comes to do it */
+    pthread_cond_t retrier_wake;
+    bool retrier_running, retrier_stop;
+};
+
+struct pending_bump {
+    int64_t merchant_id, version;
+    uint64_t lsn;
 };
 
 static _Thread_local struct cache_conn *thread_conn;
@@ -83,18 +100,62 @@ static bool parse_url(struct cache *c, const char *url, char *err, size_t errlen
     return true;
 }
 
+static void retry_pending(struct cache *c);
+
+/* Every PENDING_RETRY_MS while moves wait for Redis, on its own Redis connection. */
+static void *run_retrier(void *arg)
+{
+    struct cache *c = arg;
+    pthread_mutex_lock(&c->pending_lock);
+    while (!c->retrier_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += PENDING_RETRY_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&c->retrier_wake, &c->pending_lock, &until);
+        pthread_mutex_unlock(&c->pending_lock);
+        retry_pending(c);
+        pthread_mutex_lock(&c->pending_lock);
+    }
+    pthread_mutex_unlock(&c->pending_lock);
+    return NULL;
+}
+
+static void start_retrier(struct cache *c)
+{
+    pthread_cond_init(&c->retrier_wake, NULL);
+    c->retrier_running = pthread_create(&c->retrier, NULL, run_retrier, c) == 0;
+}
+
+static void stop_retrier(struct cache *c)
+{
+    if (!c->retrier_running)
+        return;
+    pthread_mutex_lock(&c->pending_lock);
+    c->retrier_stop = true;
+    pthread_cond_signal(&c->retrier_wake);
+    pthread_mutex_unlock(&c->pending_lock);
+    pthread_join(c->retrier, NULL);
+    pthread_cond_destroy(&c->retrier_wake);
+    c->retrier_running = false;
+}
+
 struct cache *cache_new(const char *url, unsigned timeout_ms, unsigned local_ms,
                         size_t local_max_bytes, char *err, size_t errlen)
 {
     struct cache *c = xcalloc(1, sizeof(*c));
     c->timeout_ms = timeout_ms;
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->pending_lock, NULL);
     if (url && *url && !parse_url(c, url, err, errlen)) {
         cache_free(c);
         return NULL;
     }
-    if (cache_enabled(c))
+    if (cache_enabled(c)) {
         c->local = local_new(local_ms, local_max_bytes); /* Redis is its authority */
+        start_retrier(c);
+    }
     return c;
 }
 
@@ -102,6 +163,7 @@ void cache_free(struct cache *c)
 {
     if (!c)
         return;
+    stop_retrier(c);
     while (c->conns) {
         struct cache_conn *cc = c->conns;
         c->conns = cc->next;
@@ -113,6 +175,8 @@ void cache_free(struct cache *c)
         xfree_secret(c->password, strlen(c->password));
     free(c->host);
     local_free(c->local);
+    free(c->pending);
+    pthread_mutex_destroy(&c->pending_lock);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -250,12 +314,21 @@ static bool local_hit(struct cache *c, int64_t merchant_id, const char *field, s
     return true;
 }
 
+/* True when Redis holds an older version than one this process committed (its move is still
+ * pending): then nothing cached at that version may be served. */
+static bool behind_local(struct cache *c, int64_t merchant_id, int64_t redis_version)
+{
+    int64_t known;
+    return local_known_version(c->local, merchant_id, &known) && known > redis_version;
+}
+
 enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const char *field,
                                      struct arena *a, struct cache_entry *out, uint64_t *lsn)
 {
     *lsn = 0;
     if (!cache_enabled(c))
         return CACHE_DISABLED;
+    retry_pending(c);
     if (local_hit(c, merchant_id, field, a, out))
         return CACHE_HIT;
     redisContext *ctx = thread_context(c);
@@ -275,7 +348,7 @@ enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         atomic_fetch_add(&c->errors, 1);
         res = CACHE_ERROR;
-    } else if (parse_state(r->element[0], &version, lsn)) {
+    } else if (parse_state(r->element[0], &version, lsn) && !behind_local(c, merchant_id, version)) {
         local_saw_version(c->local, merchant_id, version);
         if (field && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
             parse_entry(a, r->element[1]->str, r->element[1]->len, version, out)) {
@@ -305,6 +378,16 @@ static bool drain_replies(struct cache *c, redisContext *ctx, int n)
     return true;
 }
 
+/* Two writers may report their commits out of order: version and LSN only ever move forward,
+ * else a response computed before the newer write could pass for current. */
+#define BUMP_SCRIPT                                                                                \
+    "local v, l = -1, 0 "                                                                          \
+    "local cur = redis.call('GET', KEYS[1]) "                                                      \
+    "if cur then local sp = string.find(cur, ' ') "                                                \
+    "v = tonumber(string.sub(cur, 1, sp - 1)) l = tonumber(string.sub(cur, sp + 1)) end "          \
+    "v = math.max(v, tonumber(ARGV[1])) l = math.max(l, tonumber(ARGV[2])) "                       \
+    "redis.call('SET', KEYS[1], string.format('%.0f %.0f', v, l), 'EX', ARGV[3]) return 1"
+
 void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field, int64_t version,
                         const struct cache_entry *entry, unsigned ttl_s)
 {
@@ -323,41 +406,94 @@ void cache_merchant_put(struct cache *c, int64_t merchant_id, const char *field,
     memcpy(value + head_len, entry->body, entry->body_len);
     redisAppendCommand(ctx, "SET cgj:q:%lld:%s %b EX %u", (long long)merchant_id, field, value,
                        len, ttl_s);
-    /* Redis lost the state (restart, eviction): start it at what this response saw. */
-    char state[32];
-    snprintf(state, sizeof(state), "%lld 0", (long long)version);
-    redisAppendCommand(ctx, "SET %s %s NX EX %u", key, state, CACHE_MERCHANT_TTL_S);
+    /* The data was at `version` when this response was computed: the state is moved there if
+     * it is behind (Redis lost it, or a writer's move did not reach it yet). */
+    redisAppendCommand(ctx, "EVAL %s 1 %s %lld 0 %u", BUMP_SCRIPT, key, (long long)version,
+                       CACHE_MERCHANT_TTL_S);
     free(value);
     drain_replies(c, ctx, 2);
 }
 
-/* Two writers may report their commits out of order: version and LSN only ever move forward,
- * else a response computed before the newer write could pass for current. */
-#define BUMP_SCRIPT                                                                                \
-    "local v, l = -1, 0 "                                                                          \
-    "local cur = redis.call('GET', KEYS[1]) "                                                      \
-    "if cur then local sp = string.find(cur, ' ') "                                                \
-    "v = tonumber(string.sub(cur, 1, sp - 1)) l = tonumber(string.sub(cur, sp + 1)) end "          \
-    "v = math.max(v, tonumber(ARGV[1])) l = math.max(l, tonumber(ARGV[2])) "                       \
-    "redis.call('SET', KEYS[1], string.format('%.0f %.0f', v, l), 'EX', ARGV[3]) return 1"
+
+/* Sends the moves of n merchants in one pipeline; true when Redis applied every one. */
+static bool send_bumps(struct cache *c, const struct pending_bump *b, size_t n)
+{
+    redisContext *ctx = thread_context(c);
+    if (!ctx)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char key[40];
+        state_key(key, sizeof(key), b[i].merchant_id);
+        redisAppendCommand(ctx, "EVAL %s 1 %s %lld %llu %u", BUMP_SCRIPT, key,
+                           (long long)b[i].version, (unsigned long long)b[i].lsn,
+                           CACHE_MERCHANT_TTL_S);
+    }
+    uint64_t errors = atomic_load(&c->errors);
+    return drain_replies(c, ctx, (int)n) && atomic_load(&c->errors) == errors;
+}
+
+/* Keeps moves for later, one per merchant (the furthest). */
+static void add_pending(struct cache *c, const struct pending_bump *b, size_t n)
+{
+    pthread_mutex_lock(&c->pending_lock);
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < c->n_pending && c->pending[j].merchant_id != b[i].merchant_id)
+            j++;
+        if (j == c->n_pending && j == PENDING_MAX) {
+            log_warn("cache: %d version moves wait for Redis; dropping more (cached responses "
+                     "expire within their TTL)", PENDING_MAX);
+            break;
+        }
+        if (j == c->n_pending) {
+            if (j % 64 == 0)
+                c->pending = xrealloc(c->pending, (j + 64) * sizeof(*c->pending));
+            c->pending[c->n_pending++] = b[i];
+        } else {
+            struct pending_bump *p = &c->pending[j];
+            p->version = p->version > b[i].version ? p->version : b[i].version;
+            p->lsn = p->lsn > b[i].lsn ? p->lsn : b[i].lsn;
+        }
+    }
+    atomic_store(&c->has_pending, c->n_pending > 0);
+    pthread_mutex_unlock(&c->pending_lock);
+}
+
+/* Tries the waiting moves again, from any thread, at most every PENDING_RETRY_MS. */
+static void retry_pending(struct cache *c)
+{
+    if (!atomic_load(&c->has_pending))
+        return;
+    int64_t now = now_ms(), due = atomic_load(&c->pending_retry_ms);
+    if (now < due || !atomic_compare_exchange_strong(&c->pending_retry_ms, &due,
+                                                     now + PENDING_RETRY_MS))
+        return;
+    pthread_mutex_lock(&c->pending_lock);
+    struct pending_bump *todo = c->pending;
+    size_t n = c->n_pending;
+    c->pending = NULL;
+    c->n_pending = 0;
+    atomic_store(&c->has_pending, false);
+    pthread_mutex_unlock(&c->pending_lock);
+    if (n && !send_bumps(c, todo, n))
+        add_pending(c, todo, n);
+    free(todo);
+}
 
 void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int64_t *versions,
                          size_t n, uint64_t lsn)
 {
     if (!cache_enabled(c) || n == 0)
         return;
-    for (size_t i = 0; i < n; i++)
-        local_saw_version(c->local, merchant_ids[i], versions[i]); /* our own writes show at once */
-    redisContext *ctx = thread_context(c);
-    if (!ctx)
-        return;
+    struct pending_bump *b = xmalloc(n * sizeof(*b));
     for (size_t i = 0; i < n; i++) {
-        char key[40];
-        state_key(key, sizeof(key), merchant_ids[i]);
-        redisAppendCommand(ctx, "EVAL %s 1 %s %lld %llu %u", BUMP_SCRIPT, key,
-                           (long long)versions[i], (unsigned long long)lsn, CACHE_MERCHANT_TTL_S);
+        local_saw_version(c->local, merchant_ids[i], versions[i]); /* our own writes show at once */
+        b[i] = (struct pending_bump){merchant_ids[i], versions[i], lsn};
     }
-    drain_replies(c, ctx, (int)n);
+    if (!send_bumps(c, b, n))
+        add_pending(c, b, n);
+    free(b);
+    retry_pending(c);
 }
 
 /* GCRA over n buckets (KEYS[i]; ARGV[2i-1] = quota, ARGV[2i] = window in ms): a bucket's key

@@ -97,6 +97,18 @@ bool local_version(struct local_cache *lc, int64_t merchant_id, int64_t *version
     return fresh;
 }
 
+bool local_known_version(struct local_cache *lc, int64_t merchant_id, int64_t *version)
+{
+    if (!lc)
+        return false;
+    struct state_slot *s = &lc->states[slot_hash(merchant_id, NULL) % STATE_SLOTS];
+    pthread_mutex_lock(&s->lock);
+    bool known = s->merchant_id == merchant_id;
+    *version = s->version;
+    pthread_mutex_unlock(&s->lock);
+    return known;
+}
+
 void local_saw_version(struct local_cache *lc, int64_t merchant_id, int64_t version)
 {
     if (!lc)

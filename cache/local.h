@@ -22,6 +22,8 @@ struct local_cache *local_new(unsigned state_ms, size_t max_bytes);
 void local_free(struct local_cache *lc);
 /* The merchant's version when it was learnt less than state_ms ago. */
 bool local_version(struct local_cache *lc, int64_t merchant_id, int64_t *version);
+/* The latest version this process saw for the merchant, however long ago. */
+bool local_known_version(struct local_cache *lc, int64_t merchant_id, int64_t *version);
 /* Records a version seen now (from Redis or a commit); versions only move forward. */
 void local_saw_version(struct local_cache *lc, int64_t merchant_id, int64_t version);
 /* The response for (merchant, field) computed at exactly `version`, copied into the arena. */

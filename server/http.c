@@ -692,16 +692,20 @@ static void dispatch(struct srv_req *req)
     run_handler(req, req->route->handler);
 }
 
-/* gzip for clients that accept it, when the body is text worth compressing; the ETag then
- * names the gzip representation (and a 304 echoes the tag the client holds). */
+/* gzip for clients that accept it, for text of 1 KiB or more, and always for a tagged
+ * resource (so that its representation, and ETag, do not depend on its size). The ETag then
+ * names the gzip representation; a 304 names the one the client holds ("*": gzip). */
 static void negotiate_encoding(struct srv_req *req)
 {
-    bool gzip_ok = enc_accepts_gzip(srv_header(req, "Accept-Encoding"));
+    const char *etag = NULL;
+    for (size_t i = 0; i < req->n_headers && !etag; i++)
+        if (strcasecmp(req->headers[i].name, "ETag") == 0)
+            etag = req->headers[i].value;
     bool compress = req->status != 304 && enc_compressible(req->content_type) &&
-                    req->resp_len >= ENC_GZIP_MIN_BYTES;
-    if (compress)
+                    (etag || req->resp_len >= ENC_GZIP_MIN_BYTES);
+    if (compress || (etag && req->status == 304))
         srv_add_header(req, "Vary", "Accept-Encoding");
-    if (!gzip_ok || (!compress && req->status != 304))
+    if (!enc_accepts_gzip(srv_header(req, "Accept-Encoding")) || (!compress && !etag))
         return;
     if (compress) {
         size_t len;
@@ -713,13 +717,11 @@ static void negotiate_encoding(struct srv_req *req)
         srv_add_header(req, "Content-Encoding", "gzip");
     }
     const char *inm = srv_header(req, "If-None-Match");
-    for (size_t i = 0; i < req->n_headers; i++) {
-        if (strcasecmp(req->headers[i].name, "ETag") != 0)
-            continue;
-        const char *twin = enc_gzip_etag(req->arena, req->headers[i].value);
-        if (compress || (inm && strstr(inm, twin)))
+    const char *twin = etag ? enc_gzip_etag(req->arena, etag) : NULL;
+    bool holds_identity = req->status == 304 && inm && strstr(inm, etag) && !strstr(inm, twin);
+    for (size_t i = 0; twin && !holds_identity && i < req->n_headers; i++)
+        if (strcasecmp(req->headers[i].name, "ETag") == 0)
             req->headers[i].value = twin;
-    }
 }
 
 /* CORS: a page of an allowed origin may read the answer and the headers it needs. */

@@ -889,8 +889,11 @@ def test_list_parameters_at_their_limits_are_accepted(server, make_token, mercha
     assert len(_list_ok(server, token, merchant_id, {"limit": "500"})["orders"]) == 3
     big = _list_ok(server, token, merchant_id, {"store_id": "9223372036854775807"})
     assert big["orders"] == []
-    wide = {"from": "0001-01-01T00:00:00+23:59", "to": "9999-12-31T23:59:59.999999-23:59"}
+    # The widest range of instants that render in RFC 3339 UTC (years 0000 to 9999).
+    wide = {"from": "0001-01-01T00:00:00+23:59", "to": "9999-12-31T23:59:59.999999Z"}
     assert len(_list_ok(server, token, merchant_id, wide)["orders"]) == 3
+    beyond = _list(server, token, merchant_id, query="to=9999-12-31T23:59:59.999999-23:59")
+    _assert_validation(beyond, "to")  # year 10000 in UTC
     assert _list_ok(server, token, merchant_id, {"to": "1970-01-01T00:00:00Z"})["orders"] == []
 
 

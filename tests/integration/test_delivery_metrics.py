@@ -340,7 +340,7 @@ def _metrics(server, merchant, params):
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("application/json")
     assert r.headers["Cache-Control"] == "private, max-age=1"
-    assert re.fullmatch(r'"[0-9a-f]{32}"', r.headers["ETag"]), r.headers["ETag"]
+    assert re.fullmatch(r'"[0-9a-f]{32}(-gzip)?"', r.headers["ETag"]), r.headers["ETag"]
     # One decimal at most, as a JSON number.
     for raw in re.findall(r'"average_delivery_minutes":([^,}]+)', r.text):
         assert raw == "null" or re.fullmatch(r"-?\d+\.\d", raw), raw

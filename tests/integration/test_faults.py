@@ -641,12 +641,6 @@ def _cached_everywhere(server, token, merchant_id, orders):
             time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/main.c publish_commit -> cache/cache.c cache_merchant_bump is fire-and-forget: when "
-    "a commit's version bump does not reach Redis (a stall or blip past REDIS_TIMEOUT_MS; "
-    "likewise kill -9 between COMMIT and the bump), Redis keeps the merchant's old data "
-    "version, and every instance serves the response cached at it, without the acknowledged "
-    "order, until METRICS_CACHE_TTL_S (300 s)"))
 def test_a_redis_stall_during_a_commit_leaves_no_stale_metric(server, stack, make_token,
                                                               merchant_id, start_server):
     token = make_token(scope=SCOPE, merchants=[merchant_id])
