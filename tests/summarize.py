@@ -42,6 +42,7 @@ def integration_counts(path):
 
 def main():
     testlog, junit, unit_rc, integration_rc = sys.argv[1:5]
+    bench_rc = sys.argv[5] if len(sys.argv) > 5 else "skipped"
     u_pass, u_fail = unit_counts(testlog)
     i_pass, i_fail, i_skip = integration_counts(junit)
     if int(unit_rc) != 0 and u_fail == 0:
@@ -51,6 +52,10 @@ def main():
     print(f"unit: {u_pass} passed, {u_fail} failed")
     print(f"integration: {i_pass} passed, {i_fail} failed, {i_skip} skipped")
     passed, failed = u_pass + i_pass, u_fail + i_fail
+    if bench_rc != "skipped":
+        ok = int(bench_rc) == 0
+        print(f"bench smoke: {int(ok)} passed, {int(not ok)} failed")
+        passed, failed = passed + ok, failed + (not ok)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
