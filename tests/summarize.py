@@ -2,7 +2,7 @@
 """Adds up the unit (TAP, from meson's testlog.json) and integration (pytest JUnit XML) results
 and prints the closing line "N passed, N failed"; exits non-zero when anything failed.
 
-Usage: summarize.py TESTLOG_JSON JUNIT_XML UNIT_RC INTEGRATION_RC
+Usage: summarize.py TESTLOG_JSON JUNIT_XML UNIT_RC INTEGRATION_RC [BENCH_RC|skipped]
 """
 import json
 import re
