@@ -15,6 +15,11 @@ enum { MAX_THREADS = 16 };
 static const unsigned group_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 enum { N_GROUP_BOUNDS = sizeof(group_bounds) / sizeof(group_bounds[0]) };
 
+/* Freshness: from an order's arrival at the writer until reads see it (committed, and its
+ * merchant's new data version published), in seconds. */
+static const double fresh_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+enum { N_FRESH_BOUNDS = sizeof(fresh_bounds) / sizeof(fresh_bounds[0]) };
+
 struct db_writer {
     struct db *db;
     struct db_writer_options opt;
@@ -26,7 +31,15 @@ struct db_writer {
     size_t pending;
     bool stopping;
     atomic_uint_fast64_t groups, orders, group_buckets[N_GROUP_BOUNDS + 1];
+    atomic_uint_fast64_t fresh_count, fresh_sum_us, fresh_buckets[N_FRESH_BOUNDS + 1];
 };
+
+static int64_t monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static void queue_push(struct db_writer *w, struct db_write *write)
 {
@@ -87,6 +100,24 @@ static void count_group(struct db_writer *w, size_t n)
     atomic_fetch_add(&w->group_buckets[b], 1);
 }
 
+/* Counts the stored orders of a group as visible to reads from now on. */
+static void count_freshness(struct db_writer *w, struct db_write **group,
+                            const enum db_ingest_result *results, size_t n)
+{
+    int64_t now = monotonic_us();
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] != INGEST_INSERTED)
+            continue;
+        int64_t us = now - group[i]->queued_us;
+        size_t b = 0;
+        while (b < N_FRESH_BOUNDS && (double)us / 1e6 > fresh_bounds[b])
+            b++;
+        atomic_fetch_add(&w->fresh_buckets[b], 1);
+        atomic_fetch_add(&w->fresh_sum_us, (uint64_t)(us > 0 ? us : 0));
+        atomic_fetch_add(&w->fresh_count, 1);
+    }
+}
+
 static void write_group(struct db_writer *w, struct db_write **group, size_t n,
                         struct db_order **orders, enum db_ingest_result *results)
 {
@@ -104,6 +135,7 @@ static void write_group(struct db_writer *w, struct db_write **group, size_t n,
         w->opt.on_commit(w->opt.on_commit_ud, &commit);
     db_ingest_commit_free(&commit);
     count_group(w, n);
+    count_freshness(w, group, results, n);
     for (size_t i = 0; i < n; i++) {
         group[i]->result = results[i];
         group[i]->done(group[i]);
@@ -149,6 +181,7 @@ struct db_writer *db_writer_start(struct db *db, const struct db_writer_options 
 
 bool db_writer_submit(struct db_writer *w, struct db_write *write)
 {
+    write->queued_us = monotonic_us();
     pthread_mutex_lock(&w->lock);
     bool accepted = !w->stopping;
     if (accepted) {
@@ -174,6 +207,23 @@ void db_writer_stop(struct db_writer *w)
     free(w);
 }
 
+static void render_freshness(struct buf *out, struct db_writer *w)
+{
+    const char *name = "cangrejo_freshness_seconds";
+    metrics_write_header(out, name, "histogram",
+                         "From an order's arrival at the writer until reads see it (committed and "
+                         "its merchant's data version published).");
+    unsigned long long cumulative = 0;
+    for (size_t b = 0; b < N_FRESH_BOUNDS; b++) {
+        cumulative += atomic_load(&w->fresh_buckets[b]);
+        buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, fresh_bounds[b], cumulative);
+    }
+    cumulative += atomic_load(&w->fresh_buckets[N_FRESH_BOUNDS]);
+    buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cumulative);
+    buf_printf(out, "%s_sum %.6f\n", name, (double)atomic_load(&w->fresh_sum_us) / 1e6);
+    buf_printf(out, "%s_count %llu\n", name, (unsigned long long)atomic_load(&w->fresh_count));
+}
+
 void db_writer_render_metrics(struct buf *out, void *ud)
 {
     struct db_writer *w = ud;
@@ -189,4 +239,5 @@ void db_writer_render_metrics(struct buf *out, void *ud)
     buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cumulative);
     buf_printf(out, "%s_sum %llu\n", name, (unsigned long long)atomic_load(&w->orders));
     buf_printf(out, "%s_count %llu\n", name, (unsigned long long)atomic_load(&w->groups));
+    render_freshness(out, w);
 }

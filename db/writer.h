@@ -15,6 +15,7 @@ struct db_write {
     void (*done)(struct db_write *w); /* called on a writer thread once result is final */
     void *ud;
     struct db_write *next;
+    int64_t queued_us; /* set by db_writer_submit (monotonic clock), for the freshness figure */
 };
 
 struct db_writer_options {
