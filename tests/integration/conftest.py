@@ -463,3 +463,167 @@ def merchant_ids():
 @pytest.fixture
 def merchant_id(merchant_ids):
     return merchant_ids()
+
+
+# ---------------------------------------------------------------------------------------------
+# BEGIN spec check: every response of a cangrejo server checked against openapi/openapi.yaml
+#
+# Every HTTP request made with `requests` (module functions and Sessions alike) goes through
+# Session.send, wrapped here once: the response is checked after it returns (its body read,
+# timings untouched; a failure to read the body reaches the test as before). A response from
+# a port where a `Server` of this suite listens (the registry below: every Server, TlsServer
+# and start_server instance) is checked by spec_check.py; the ways it differs from the spec
+# are collected for the running test (fixture setup and the test body count as the test,
+# teardown as its teardown) and fail it. Responses outside any test (a thread outliving its
+# test) are listed in the terminal summary. CANGREJO_SPEC_CHECK_LOG=path writes the count of
+# checked responses per route and status, and every violation, there as JSON at the end.
+
+import threading as _sc_threading
+import urllib.parse as _sc_urlparse
+
+import requests.sessions as _sc_sessions
+
+import spec_check as _spec_check
+
+_SC_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class _SpecCheckState:
+    def __init__(self):
+        self.lock = _sc_threading.Lock()
+        self.ports = set()          # where servers of this suite listen
+        self.current = None         # violations of the running test, or None between tests
+        self.checked = 0            # responses checked
+        self.counts = {}            # (method, template, status) -> responses
+        self.failed_tests = {}      # nodeid -> [violation text]
+        self.allowed = {}           # (method, template, status, reason) -> responses
+        self.orphans = []           # violations outside any test
+        self.errors = []            # the checker itself raised
+
+    def record(self, result):
+        with self.lock:
+            self.checked += 1
+            key = (result.method, result.template, result.status)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            for _, reason in result.allowed:
+                akey = key + (reason,)
+                self.allowed[akey] = self.allowed.get(akey, 0) + 1
+            if result.violations:
+                text = result.describe()
+                (self.current if self.current is not None else self.orphans).append(text)
+
+    def take(self):
+        with self.lock:
+            taken = list(self.current or [])
+            if self.current is not None:
+                self.current.clear()
+            return taken
+
+
+_SC = _SpecCheckState()
+_sc_original_send = _sc_sessions.Session.send
+_sc_original_server_init = Server.__init__
+
+
+def _sc_server_init(self, *args, **kwargs):
+    _sc_original_server_init(self, *args, **kwargs)
+    with _SC.lock:
+        _SC.ports.add(int(self.port))
+
+
+Server.__init__ = _sc_server_init
+
+
+def _sc_check(response, streamed):
+    request = response.request
+    try:
+        parts = _sc_urlparse.urlsplit(request.url)
+        if parts.hostname not in _SC_LOOPBACK or parts.port not in _SC.ports:
+            return
+        body = None if streamed else response.content  # already read by Session.send
+        _SC.record(_spec_check.default_checker().check(
+            request.method, request.url, response.status_code, response.headers, body,
+            body_known=not streamed, request_headers=request.headers))
+    except Exception as e:  # noqa: BLE001 - a checker bug must show, not break the request
+        with _SC.lock:
+            _SC.errors.append(f"{request.method} {request.url}: {type(e).__name__}: {e}")
+            if _SC.current is not None:
+                _SC.current.append(f"spec_check raised on {request.method} {request.url}: "
+                                   f"{type(e).__name__}: {e}")
+
+
+def _sc_checked_send(self, request, **kwargs):
+    response = _sc_original_send(self, request, **kwargs)
+    streamed = bool(kwargs.get("stream"))
+    for earlier in response.history:  # redirects (cangrejo sends none)
+        _sc_check(earlier, False)
+    _sc_check(response, streamed)
+    return response
+
+
+_sc_sessions.Session.send = _sc_checked_send
+
+
+class _SpecCheckPlugin:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item):
+        with _SC.lock:
+            _SC.current = []
+        yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.when == "setup" and report.passed:
+            return  # setup's responses are reported with the test body's
+        violations = _SC.take()
+        if report.when == "teardown":
+            with _SC.lock:
+                _SC.current = None
+        if not violations:
+            return
+        _SC.failed_tests.setdefault(item.nodeid, []).extend(violations)
+        text = (f"{len(violations)} response(s) not as openapi/openapi.yaml describes:\n"
+                + "\n".join(violations[:30])
+                + (f"\n... and {len(violations) - 30} more" if len(violations) > 30 else ""))
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = text
+        else:
+            report.sections.append(("openapi spec check", text))
+
+    def pytest_terminal_summary(self, terminalreporter):
+        tr = terminalreporter
+        with _SC.lock:
+            tr.write_line(f"spec check: {_SC.checked} responses of cangrejo checked against "
+                          f"openapi/openapi.yaml; {len(_SC.failed_tests)} test(s) got responses "
+                          f"it does not describe")
+            for (method, template, status, reason), n in sorted(_SC.allowed.items()):
+                tr.write_line(f"spec check: allowed {n}x {method} {template} {status}: {reason}")
+            for text in _SC.orphans[:20]:
+                tr.write_line(f"spec check: outside any test: {text}")
+            for text in _SC.errors[:20]:
+                tr.write_line(f"spec check: checker error: {text}")
+        path = os.environ.get("CANGREJO_SPEC_CHECK_LOG")
+        if path:
+            with _SC.lock, open(path, "w") as f:
+                json.dump({"checked": _SC.checked,
+                           "counts": [[*k, n] for k, n in sorted(_SC.counts.items(),
+                                                                 key=lambda kv: str(kv[0]))],
+                           "failed_tests": _SC.failed_tests,
+                           "allowed": [[*k, n] for k, n in sorted(_SC.allowed.items())],
+                           "orphans": _SC.orphans, "errors": _SC.errors}, f, indent=1)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_SpecCheckPlugin(), "cangrejo-spec-check")
+
+
+@pytest.fixture
+def spec_check_state():
+    """The spec check's live state (for test_spec.py): ports, checked count, take()."""
+    return _SC
+
+# END spec check
+# ---------------------------------------------------------------------------------------------
