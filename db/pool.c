@@ -30,6 +30,10 @@ struct db_conn {
     uint64_t prepared[2]; /* bit i: statement i is prepared on this connection */
     bool broken;
     bool lost; /* the server went away or stopped answering: its other connections are suspect */
+    /* Replicas: the newest replay position this connection's server reported. Kept per
+     * connection, not per pool: one replica URL may lead to several servers (a load-balanced
+     * read-only Service), and another server's position proves nothing about this one. */
+    uint64_t replay_lsn;
 };
 
 struct db_pool {
@@ -42,7 +46,6 @@ struct db_pool {
     struct db_conn *idle;
     unsigned open, busy, waiting;
     int64_t down_until_ms;
-    atomic_uint_fast64_t replay_lsn; /* newest replay position seen (replicas) */
     atomic_int_fast64_t lag_ms;      /* replay lag from the monitor; -1 while unknown */
     atomic_uint_fast64_t timeouts, connect_failures, dropped;
 };
@@ -303,9 +306,7 @@ static void monitor_replica(struct db_pool *p)
         if (db_ok(r, PGRES_TUPLES_OK) && PQntuples(r) == 1) {
             lag = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
             uint64_t lsn = db_parse_lsn(PQgetvalue(r, 0, 1));
-            uint64_t seen = atomic_load(&p->replay_lsn);
-            while (lsn > seen && !atomic_compare_exchange_weak(&p->replay_lsn, &seen, lsn))
-                ;
+            c->replay_lsn = lsn > c->replay_lsn ? lsn : c->replay_lsn;
         }
         PQclear(r);
         db_release(c);
@@ -489,19 +490,16 @@ uint64_t db_merchant_write_lsn(struct db *db, int64_t merchant_id)
     return lsn;
 }
 
-/* True when the replica behind c has replayed min_lsn; asks it only when the last answer
- * seen from that replica is older. */
+/* True when the server behind c has replayed min_lsn; asks it only when the last answer
+ * this connection got is older. */
 static bool replica_has_replayed(struct db_conn *c, uint64_t min_lsn)
 {
-    struct db_pool *p = c->pool;
-    if (atomic_load(&p->replay_lsn) >= min_lsn)
+    if (c->replay_lsn >= min_lsn)
         return true;
     PGresult *r = db_exec(c, DB_REPLAY_LSN, NULL);
     uint64_t lsn = db_ok(r, PGRES_TUPLES_OK) ? db_parse_lsn(PQgetvalue(r, 0, 0)) : 0;
     PQclear(r);
-    uint64_t seen = atomic_load(&p->replay_lsn);
-    while (lsn > seen && !atomic_compare_exchange_weak(&p->replay_lsn, &seen, lsn))
-        ;
+    c->replay_lsn = lsn > c->replay_lsn ? lsn : c->replay_lsn;
     return lsn >= min_lsn;
 }
 
