@@ -37,7 +37,8 @@
     X(db_connect_timeout, INT, "DB_CONNECT_TIMEOUT_SECONDS", "2", 1, 60,                           \
       "timeout of one connection attempt to PostgreSQL")                                           \
     X(db_statement_timeout_ms, INT, "DB_STATEMENT_TIMEOUT_MS", "5000", 100, 3600000,               \
-      "statement_timeout of every query, and the TCP user timeout of the connection")             \
+      "statement_timeout of every query, the TCP user timeout, and (plus 1 s) the longest wait "   \
+      "for any answer before the connection is dropped")                                           \
     X(writer_threads, INT, "WRITER_THREADS", "2", 1, 16,                                           \
       "group-commit writer threads, each with one primary connection")                            \
     X(writer_max_batch, INT, "WRITER_MAX_BATCH", "512", 1, 10000,                                  \
