@@ -11,6 +11,7 @@
 #include "handlers/deliveries.h"
 #include "handlers/order_json.h"
 #include "server/arena.h"
+#include "server/buf.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -390,6 +391,24 @@ static bool parse_list_query(struct srv_req *req, struct db_order_list_query *q)
     return false;
 }
 
+/* RFC 8288 Link to the next page: this request's own query (kept as sent) with the cursor
+ * replaced. */
+static const char *next_link(struct srv_req *req, const char *cursor)
+{
+    struct buf b = {0};
+    buf_printf(&b, "<%s?", req->path);
+    for (const char *p = req->query; p && *p;) {
+        size_t len = strcspn(p, "&");
+        if (len && strncmp(p, "cursor=", 7) != 0 && !(len == 6 && strncmp(p, "cursor", 6) == 0))
+            buf_printf(&b, "%.*s&", (int)len, p);
+        p += len + (p[len] == '&');
+    }
+    buf_printf(&b, "cursor=%s>; rel=\"next\"", cursor);
+    const char *link = arena_strndup(req->arena, b.data, b.len);
+    buf_free(&b);
+    return link;
+}
+
 void h_orders_list(struct srv_req *req)
 {
     struct h_app *app = req->app;
@@ -421,7 +440,10 @@ void h_orders_list(struct srv_req *req)
         srv_reply_problem(req, PROBLEM_UNAVAILABLE, "the database is unavailable");
         return;
     }
-    json_t *next =
-        n > page ? json_string(encode_cursor(req->arena, &orders[page - 1])) : json_null();
-    srv_reply_json(req, 200, json_pack("{s:o, s:o}", "orders", list, "next_cursor", next));
+    const char *cursor = n > page ? encode_cursor(req->arena, &orders[page - 1]) : NULL;
+    if (cursor)
+        srv_add_header(req, "Link", next_link(req, cursor));
+    srv_reply_json(req, 200,
+                   json_pack("{s:o, s:o}", "orders", list, "next_cursor",
+                             cursor ? json_string(cursor) : json_null()));
 }

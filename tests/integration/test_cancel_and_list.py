@@ -943,3 +943,28 @@ def test_list_never_shows_another_merchants_orders(server, make_token, merchant_
     assert _ids(got["orders"]) == [i for i in _newest_first(a_bodies)
                                    if _key(next(x for x in a_bodies
                                                 if x["order_id"] == i))[0] < cursor_key]
+
+
+def test_link_header_leads_to_the_next_page_with_the_same_filters(server, make_token,
+                                                                  merchant_id):
+    """RFC 8288: each page that has a next one says where it is; following the links walks
+    the same list as next_cursor does, filters kept."""
+    token = _merchant(server, make_token, merchant_id)
+    for n in range(5):
+        _post_ok(server, token, merchant_id, _order(f"link-{n}"))
+    url = f"{_orders_url(server, merchant_id)}?limit=2&status=placed"
+    seen, pages = [], 0
+    while url:
+        r = requests.get(url, headers=headers(token), timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen += [o["order_id"] for o in body["orders"]]
+        pages += 1
+        link = r.links.get("next", {}).get("url")
+        assert (link is None) == (body["next_cursor"] is None), (link, body["next_cursor"])
+        if link:
+            assert "limit=2" in link and "status=placed" in link and link.count("cursor=") == 1
+            url = server.url + link
+        else:
+            url = None
+    assert pages == 3 and sorted(seen) == sorted(f"link-{n}" for n in range(5))
