@@ -17,9 +17,9 @@
     X(max_connections, INT, "CANGREJO_MAX_CONNECTIONS", "10000", 1, 1000000,                       \
       "open client connections at most")                                                           \
     X(max_connections_per_ip, INT, "CANGREJO_MAX_CONNECTIONS_PER_IP", "2000", 0, 1000000,          \
-      "open connections from one client address at most; 0 means no limit")                       \
+      "open connections from one client address at most; 0 means no limit")                        \
     X(connection_timeout, INT, "CANGREJO_CONNECTION_TIMEOUT_SECONDS", "30", 1, 3600,               \
-      "an idle or stalled client connection is closed after this many seconds")                   \
+      "an idle or stalled client connection is closed after this many seconds")                    \
     X(shutdown_grace, INT, "CANGREJO_SHUTDOWN_GRACE_SECONDS", "25", 1, 3600,                       \
       "on SIGTERM, in-flight requests get this long to finish")                                    \
     X(shutdown_delay_ms, INT, "CANGREJO_SHUTDOWN_DELAY_MS", "0", 0, 600000,                        \
@@ -31,7 +31,7 @@
     X(db_replica_pool_size, INT, "DB_REPLICA_POOL_SIZE", "16", 1, 1000,                            \
       "connections to each replica at most")                                                       \
     X(db_replica_max_lag_ms, INT, "DB_REPLICA_MAX_LAG_MS", "5000", 0, 3600000,                     \
-      "a replica lagging more than this serves no reads; 0 means no limit")                       \
+      "a replica lagging more than this serves no reads; 0 means no limit")                        \
     X(db_pool_wait_ms, INT, "DB_POOL_WAIT_MS", "1000", 0, 60000,                                   \
       "a request waits this long for a free connection, then gets 503")                            \
     X(db_connect_timeout, INT, "DB_CONNECT_TIMEOUT_SECONDS", "2", 1, 60,                           \
@@ -40,30 +40,30 @@
       "statement_timeout of every query, the TCP user timeout, and (plus 1 s) the longest wait "   \
       "for any answer before the connection is dropped")                                           \
     X(writer_threads, INT, "WRITER_THREADS", "2", 1, 16,                                           \
-      "group-commit writer threads, each with one primary connection")                            \
+      "group-commit writer threads, each with one primary connection")                             \
     X(writer_max_batch, INT, "WRITER_MAX_BATCH", "512", 1, 10000,                                  \
       "orders committed in one transaction at most")                                               \
     X(writer_max_wait_us, INT, "WRITER_MAX_WAIT_US", "0", 0, 100000,                               \
-      "how long a writer waits for more orders before committing; 0 takes what is queued")        \
-    X(order_retention_months, INT, "ORDER_RETENTION_MONTHS", "0", 0, 1200,                          \
+      "how long a writer waits for more orders before committing; 0 takes what is queued")         \
+    X(order_retention_months, INT, "ORDER_RETENTION_MONTHS", "0", 0, 1200,                         \
       "raw orders are kept this many whole months before the current one (older ones are "         \
-      "refused, and `cangrejo retention` drops them); rollups are kept; 0 means forever")         \
+      "refused, and `cangrejo retention` drops them); rollups are kept; 0 means forever")          \
     X(redis_url, STR, "REDIS_URL", "", 0, 0,                                                       \
       "Redis cache, redis://host:port/db; empty means no cache")                                   \
     X(redis_timeout_ms, INT, "REDIS_TIMEOUT_MS", "50", 1, 10000,                                   \
       "timeout of one Redis connect or command; then the database answers")                        \
     X(cache_local_ms, INT, "CACHE_LOCAL_MS", "100", 0, 1000,                                       \
-      "cached metrics are served from process memory while the merchant's data version, read "      \
-      "from Redis or moved by this instance's commits, is younger than this; 0 = always Redis")   \
-    X(cache_local_max_mb, INT, "CACHE_LOCAL_MAX_MB", "32", 1, 4096,                                \
+      "cached metrics are served from process memory while the merchant's data version, read "     \
+      "from Redis or moved by this instance's commits, is younger than this; 0 = always Redis")    \
+    X(cache_local_max_mb, INT, "CACHE_LOCAL_MAX_MB", "8", 1, 4096,                                 \
       "memory for responses kept in process")                                                      \
-    X(cors_allowed_origins, STR, "CORS_ALLOWED_ORIGINS", "", 0, 0,                                  \
+    X(cors_allowed_origins, STR, "CORS_ALLOWED_ORIGINS", "", 0, 0,                                 \
       "origins whose pages may call the API (CORS), comma-separated like "                         \
       "https://dash.example.com, or *; empty means none")                                          \
-    X(rate_limit_subject, STR, "RATE_LIMIT_SUBJECT", "", 0, 0,                                      \
+    X(rate_limit_subject, STR, "RATE_LIMIT_SUBJECT", "", 0, 0,                                     \
       "quotas per token subject, SCOPE=N/WINDOW,... (e.g. orders:write=1000/1s,*=100/1s); a "      \
-      "route counts against the first rule naming one of its scopes, else *; needs REDIS_URL")    \
-    X(rate_limit_merchant, STR, "RATE_LIMIT_MERCHANT", "", 0, 0,                                    \
+      "route counts against the first rule naming one of its scopes, else *; needs REDIS_URL")     \
+    X(rate_limit_merchant, STR, "RATE_LIMIT_MERCHANT", "", 0, 0,                                   \
       "quotas per merchant of the path, same syntax as RATE_LIMIT_SUBJECT")                        \
     X(jwt_hs256_secret, SECRET, "JWT_HS256_SECRET", NULL, 0, 0,                                    \
       "HS256 shared secret, at least 32 bytes (or JWT_HS256_SECRET_FILE)")                         \

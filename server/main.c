@@ -24,6 +24,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -461,7 +462,9 @@ static void resume_jobs(struct serve_state *st)
         h_admin_start_job(&st->app, ids[i]);
 }
 
-/* Looks for jobs to resume every few seconds, until stopped. */
+/* Every few seconds, until stopped: looks for jobs to resume, and hands the memory that a
+ * burst (thousands of connections, large batches) freed back to the system, which glibc
+ * keeps in its per-thread arenas otherwise. */
 static void *watch_jobs(void *arg)
 {
     struct serve_state *st = arg;
@@ -469,6 +472,7 @@ static void *watch_jobs(void *arg)
     while (!st->watch_stop) {
         pthread_mutex_unlock(&st->watch_lock);
         resume_jobs(st);
+        malloc_trim(0);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += JOB_WATCH_S;
