@@ -26,9 +26,15 @@ SCOPES = ["orders:write", "orders:read", "metrics:read", "deliveries:write", "pi
 OPERATION_KEYS = ("get", "put", "post", "delete", "patch")
 
 
+_SPEC = []
+
+
 def _spec():
-    with open(SPEC_PATH) as f:
-        return yaml.safe_load(f)
+    """A fresh copy of the spec (callers may change it)."""
+    if not _SPEC:
+        with open(SPEC_PATH) as f:
+            _SPEC.append(yaml.safe_load(f))
+    return copy.deepcopy(_SPEC[0])
 
 
 def _operations(spec):
