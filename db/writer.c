@@ -29,6 +29,7 @@ struct db_writer {
     pthread_cond_t queued;
     struct db_write *head, *tail;
     size_t pending;
+    unsigned committing; /* writer threads inside a transaction right now (under lock) */
     bool stopping;
     atomic_uint_fast64_t groups, orders, group_buckets[N_GROUP_BOUNDS + 1];
     atomic_uint_fast64_t fresh_count, fresh_sum_us, fresh_buckets[N_FRESH_BOUNDS + 1];
@@ -62,9 +63,12 @@ static struct db_write *queue_pop(struct db_writer *w)
     return write;
 }
 
+/* Waits up to max_wait_us for a fuller group, but only while another writer is committing
+ * (PostgreSQL's commit_delay with commit_siblings): under load groups grow and the database
+ * does less work per order; a lone order is never held back. */
 static void linger(struct db_writer *w)
 {
-    if (w->opt.max_wait_us == 0 || w->pending >= w->opt.max_batch)
+    if (w->opt.max_wait_us == 0 || w->committing == 0 || w->pending >= w->opt.max_batch)
         return;
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -86,8 +90,16 @@ static size_t take_group(struct db_writer *w, struct db_write **group)
     size_t n = 0;
     while (w->head && n < w->opt.max_batch)
         group[n++] = queue_pop(w);
+    w->committing += n > 0;
     pthread_mutex_unlock(&w->lock);
     return n;
+}
+
+static void group_done(struct db_writer *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->committing--;
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void count_group(struct db_writer *w, size_t n)
@@ -149,8 +161,10 @@ static void *writer_main(void *arg)
     struct db_order **orders = xmalloc(w->opt.max_batch * sizeof(*orders));
     enum db_ingest_result *results = xmalloc(w->opt.max_batch * sizeof(*results));
     size_t n;
-    while ((n = take_group(w, group)) > 0)
+    while ((n = take_group(w, group)) > 0) {
         write_group(w, group, n, orders, results);
+        group_done(w);
+    }
     free(group);
     free(orders);
     free(results);

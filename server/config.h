@@ -43,8 +43,9 @@
       "group-commit writer threads, each with one primary connection")                             \
     X(writer_max_batch, INT, "WRITER_MAX_BATCH", "512", 1, 10000,                                  \
       "orders committed in one transaction at most")                                               \
-    X(writer_max_wait_us, INT, "WRITER_MAX_WAIT_US", "0", 0, 100000,                               \
-      "how long a writer waits for more orders before committing; 0 takes what is queued")         \
+    X(writer_max_wait_us, INT, "WRITER_MAX_WAIT_US", "2000", 0, 100000,                             \
+      "while another writer is committing, how long a writer waits for more orders before it "     \
+      "commits (bigger groups, less database work per order); 0 takes what is queued")            \
     X(order_retention_months, INT, "ORDER_RETENTION_MONTHS", "0", 0, 1200,                         \
       "raw orders are kept this many whole months before the current one (older ones are "         \
       "refused, and `cangrejo retention` drops them); rollups are kept; 0 means forever")          \
