@@ -29,8 +29,8 @@
 
 /* Per connection: holds a 16 KiB request head with room to spare (a fuller head gets our 431,
  * not libmicrohttpd's), and is touched in full on every keep-alive reset, so it sets the RSS
- * of idle connections: 1,000 of them take ~40 MiB. */
-enum { CONNECTION_MEMORY_LIMIT = 40 * 1024, RETRY_AFTER_SECONDS = 1 };
+ * of idle connections: 1,000 of them take ~36 MiB. */
+enum { CONNECTION_MEMORY_LIMIT = 36 * 1024, RETRY_AFTER_SECONDS = 1 };
 
 struct srv {
     struct MHD_Daemon *daemon;
