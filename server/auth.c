@@ -62,6 +62,7 @@ struct auth {
     int64_t leeway;
     size_t max_token_bytes;
     EVP_MD *sha256;
+    uint64_t generation; /* unique per verifier: tokens it verified are remembered under it */
 };
 
 /* ---- small helpers ---- */
@@ -528,7 +529,9 @@ static bool load_settings(struct auth *a, const struct auth_config *cfg, char *e
 
 struct auth *auth_new(const struct auth_config *cfg, char *err, size_t errlen)
 {
+    static atomic_uint_fast64_t generations;
     struct auth *a = xcalloc(1, sizeof(*a));
+    a->generation = atomic_fetch_add(&generations, 1) + 1;
     bool ok = load_settings(a, cfg, err, errlen) &&
               (!is_set(cfg->hs256_secret) || load_secret(a, cfg->hs256_secret, err, errlen)) &&
               (!is_set(cfg->public_keys) || load_pem_keys(a, cfg->public_keys, err, errlen)) &&
@@ -815,6 +818,108 @@ static enum auth_result verify_jws(const struct auth *a, const char *token, size
     return read_principal(jws->claims, arena, p);
 }
 
+/* ---- verified tokens, remembered ----
+ *
+ * A client sends the same token with every request until it expires; verifying it again costs
+ * a signature check and a JSON parse each time. Each thread remembers the tokens it verified
+ * (byte for byte, with the verifier's generation, so a key reload forgets them all) and their
+ * principal; a remembered token is only re-checked against the clock (exp; nbf and iat only
+ * get more valid with time). Small, per thread, no locks; freed when the thread ends. */
+
+enum { TOKEN_CACHE_SLOTS = 64, TOKEN_CACHE_MAX_BYTES = 2048 };
+
+struct cached_token {
+    uint64_t generation; /* 0: empty */
+    uint64_t hash;
+    size_t len;
+    int64_t exp;
+    struct auth_principal p; /* sub and merchants point into block */
+    char *block;             /* token, sub, merchants */
+};
+
+static pthread_key_t token_cache_key;
+static pthread_once_t token_cache_once = PTHREAD_ONCE_INIT;
+
+static void free_token_cache(void *ptr)
+{
+    struct cached_token *cache = ptr;
+    for (size_t i = 0; i < TOKEN_CACHE_SLOTS; i++)
+        free(cache[i].block);
+    free(cache);
+}
+
+static void make_token_cache_key(void)
+{
+    pthread_key_create(&token_cache_key, free_token_cache);
+}
+
+static struct cached_token *thread_token_cache(void)
+{
+    pthread_once(&token_cache_once, make_token_cache_key);
+    struct cached_token *cache = pthread_getspecific(token_cache_key);
+    if (!cache) {
+        cache = xcalloc(TOKEN_CACHE_SLOTS, sizeof(*cache));
+        pthread_setspecific(token_cache_key, cache);
+    }
+    return cache;
+}
+
+static uint64_t token_hash(const char *token, size_t len)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)token[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The remembered principal of this exact token, copied into the arena, when it is still
+ * within its exp; else false (and an expired entry is dropped). */
+static bool recall_token(const struct auth *a, const char *token, size_t len, uint64_t hash,
+                         time_t now, struct arena *arena, struct auth_principal *out,
+                         enum auth_result *r)
+{
+    struct cached_token *c = &thread_token_cache()[hash % TOKEN_CACHE_SLOTS];
+    if (c->generation != a->generation || c->hash != hash || c->len != len ||
+        CRYPTO_memcmp(c->block, token, len) != 0)
+        return false;
+    if (add_saturated((int64_t)now, -a->leeway) >= c->exp) {
+        c->generation = 0;
+        *r = AUTH_EXPIRED;
+        return true;
+    }
+    *out = c->p;
+    out->sub = arena_strdup(arena, c->p.sub);
+    int64_t *merchants = arena_alloc(arena, (c->p.n_merchants + 1) * sizeof(*merchants));
+    memcpy(merchants, c->p.merchants, c->p.n_merchants * sizeof(*merchants));
+    out->merchants = merchants;
+    *r = AUTH_OK;
+    return true;
+}
+
+static void remember_token(const struct auth *a, const char *token, size_t len, uint64_t hash,
+                           const json_t *claims, const struct auth_principal *p)
+{
+    if (len > TOKEN_CACHE_MAX_BYTES)
+        return;
+    struct cached_token *c = &thread_token_cache()[hash % TOKEN_CACHE_SLOTS];
+    size_t sub_len = strlen(p->sub), merchants_bytes = p->n_merchants * sizeof(int64_t);
+    size_t offset = (len + 1 + sub_len + 1 + 7) & ~(size_t)7;
+    free(c->block);
+    c->block = xmalloc(offset + merchants_bytes + 1);
+    memcpy(c->block, token, len);
+    c->block[len] = '\0';
+    memcpy(c->block + len + 1, p->sub, sub_len + 1);
+    if (merchants_bytes)
+        memcpy(c->block + offset, p->merchants, merchants_bytes);
+    c->p = *p;
+    c->p.sub = c->block + len + 1;
+    c->p.merchants = (const int64_t *)(void *)(c->block + offset);
+    c->generation = a->generation;
+    c->hash = hash;
+    c->len = len;
+    c->exp = json_integer_value(json_object_get(claims, "exp"));
+}
+
 enum auth_result auth_verify(const struct auth *auth, const char *token, size_t len, time_t now,
                              struct arena *arena, struct auth_principal *out)
 {
@@ -824,13 +929,19 @@ enum auth_result auth_verify(const struct auth *auth, const char *token, size_t 
         return AUTH_MISSING;
     if (len > auth->max_token_bytes)
         return AUTH_TOO_LARGE;
+    uint64_t hash = token_hash(token, len);
+    enum auth_result r;
+    if (recall_token(auth, token, len, hash, now, arena, out, &r))
+        return r;
     struct jws jws = {0};
     struct auth_principal p = nobody;
-    enum auth_result r = verify_jws(auth, token, len, now, arena, &jws, &p);
+    r = verify_jws(auth, token, len, now, arena, &jws, &p);
+    if (r == AUTH_OK) {
+        remember_token(auth, token, len, hash, jws.claims, &p);
+        *out = p;
+    }
     jws_release(&jws);
     ERR_clear_error(); /* leave no failed-verify noise on this thread's OpenSSL error queue */
-    if (r == AUTH_OK)
-        *out = p;
     return r;
 }
 

@@ -449,6 +449,44 @@ static void test_expired(void)
     CHECK_INT(verify(hs_token(payload)), AUTH_OK);
 }
 
+/* A verified token is remembered per thread: the same answer again, the clock re-checked on
+ * every use, the principal copied into each request's arena, and a new verifier (a reload)
+ * remembering nothing of the old one's. */
+static void test_remembered_tokens(void)
+{
+    char extra[160];
+    snprintf(extra, sizeof extra, "\"sub\":\"cache\",\"merchants\":[3,1,2],\"scope\":\"orders:read\"");
+    char *token = hs_token(claims(extra)); /* exp NOW + 600, leeway 30 */
+    struct auth_principal p;
+    for (int i = 0; i < 3; i++) {
+        struct arena *a = arena_new();
+        CHECK_INT(auth_verify(std, token, strlen(token), NOW, a, &p), AUTH_OK);
+        CHECK_STR(p.sub, "cache");
+        CHECK_INT(p.n_merchants, 3);
+        CHECK(p.n_merchants == 3 && p.merchants[0] == 1 && p.merchants[2] == 3);
+        CHECK_INT(p.scopes, AUTH_SCOPE_ORDERS_READ);
+        arena_free(a); /* the next answer must not point into this arena */
+    }
+    struct arena *a = arena_new();
+    CHECK_INT(auth_verify(std, token, strlen(token), NOW + 629, a, &p), AUTH_OK);
+    CHECK_INT(auth_verify(std, token, strlen(token), NOW + 630, a, &p), AUTH_EXPIRED);
+    CHECK_INT(auth_verify(std, token, strlen(token), NOW, a, &p), AUTH_OK);
+    char *tampered = xstrdup(token);
+    tampered[strlen(tampered) - 2] ^= 1; /* same length, other signature: never the cached one */
+    CHECK(auth_verify(std, tampered, strlen(tampered), NOW, a, &p) != AUTH_OK);
+    struct auth_config cfg = std_config();
+    cfg.hs256_secret = "another-secret-of-at-least-32-bytes!!";
+    char err[256];
+    struct auth *rotated = auth_new(&cfg, err, sizeof err);
+    CHECK(rotated != NULL);
+    if (rotated)
+        CHECK_INT(auth_verify(rotated, token, strlen(token), NOW, a, &p), AUTH_SIGNATURE);
+    auth_free(rotated);
+    arena_free(a);
+    free(tampered);
+    free(token);
+}
+
 static void test_exp_missing_or_mistyped(void)
 {
     const char *base = "{\"iss\":\"" ISSUER "\",\"aud\":\"" AUDIENCE "\"";
@@ -1260,6 +1298,7 @@ int main(void)
     TEST(test_key_type_must_match_alg);
     TEST(test_es256_valid);
     TEST(test_expired);
+    TEST(test_remembered_tokens);
     TEST(test_exp_missing_or_mistyped);
     TEST(test_nbf);
     TEST(test_iat);
