@@ -37,10 +37,21 @@ static void array_sep(struct buf *b)
         buf_puts(b, ",");
 }
 
+/* These run for every column of every order of a group: digits and hex are written by hand
+ * and text is copied in runs, not through printf or byte by byte. */
 static void array_int(struct buf *b, int64_t v)
 {
+    char digits[24];
+    char *end = digits + sizeof(digits), *p = end;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
     array_sep(b);
-    buf_printf(b, "%lld", (long long)v);
+    buf_append(b, p, (size_t)(end - p));
 }
 
 /* A text element, quoted; backslash and double quote escaped; NULL as SQL NULL. */
@@ -51,20 +62,32 @@ static void array_text(struct buf *b, const char *s)
         buf_puts(b, "NULL");
         return;
     }
-    buf_puts(b, "\"");
-    for (const char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            buf_append(b, "\\", 1);
-        buf_append(b, p, 1);
+    buf_append(b, "\"", 1);
+    while (*s) {
+        size_t run = strcspn(s, "\"\\");
+        buf_append(b, s, run);
+        s += run;
+        if (*s) {
+            char escaped[2] = {'\\', *s++};
+            buf_append(b, escaped, 2);
+        }
     }
-    buf_puts(b, "\"");
+    buf_append(b, "\"", 1);
 }
 
 static void array_hex(struct buf *b, const unsigned char *bytes, size_t n)
 {
+    static const char digits[] = "0123456789abcdef";
+    char hex[128];
     array_sep(b);
-    for (size_t i = 0; i < n; i++)
-        buf_printf(b, "%02x", bytes[i]);
+    for (size_t i = 0; i < n; i += sizeof(hex) / 2) {
+        size_t k = 0;
+        for (; k < sizeof(hex) / 2 && i + k < n; k++) {
+            hex[2 * k] = digits[bytes[i + k] >> 4];
+            hex[2 * k + 1] = digits[bytes[i + k] & 15];
+        }
+        buf_append(b, hex, 2 * k);
+    }
 }
 
 static const char *array_end(struct buf *b)
