@@ -12,7 +12,7 @@
 
 enum { MAX_THREADS = 16 };
 
-static const unsigned group_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+static const double group_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 enum { N_GROUP_BOUNDS = sizeof(group_bounds) / sizeof(group_bounds[0]) };
 
 /* Freshness: from an order's arrival at the writer until reads see it (committed, and its
@@ -107,7 +107,7 @@ static void count_group(struct db_writer *w, size_t n)
     atomic_fetch_add(&w->groups, 1);
     atomic_fetch_add(&w->orders, n);
     size_t b = 0;
-    while (b < N_GROUP_BOUNDS && n > group_bounds[b])
+    while (b < N_GROUP_BOUNDS && (double)n > group_bounds[b])
         b++;
     atomic_fetch_add(&w->group_buckets[b], 1);
 }
@@ -221,37 +221,34 @@ void db_writer_stop(struct db_writer *w)
     free(w);
 }
 
-static void render_freshness(struct buf *out, struct db_writer *w)
+/* One Prometheus histogram from its bounds, per-bucket counts (n + 1, the last for +Inf),
+ * sum and count. */
+static void render_histogram(struct buf *out, const char *name, const char *help,
+                             const double *bounds, size_t n, atomic_uint_fast64_t *buckets,
+                             double sum, uint64_t count)
 {
-    const char *name = "cangrejo_freshness_seconds";
-    metrics_write_header(out, name, "histogram",
-                         "From an order's arrival at the writer until reads see it (committed and "
-                         "its merchant's data version published).");
+    metrics_write_header(out, name, "histogram", help);
     unsigned long long cumulative = 0;
-    for (size_t b = 0; b < N_FRESH_BOUNDS; b++) {
-        cumulative += atomic_load(&w->fresh_buckets[b]);
-        buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, fresh_bounds[b], cumulative);
+    for (size_t b = 0; b < n; b++) {
+        cumulative += atomic_load(&buckets[b]);
+        buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[b], cumulative);
     }
-    cumulative += atomic_load(&w->fresh_buckets[N_FRESH_BOUNDS]);
+    cumulative += atomic_load(&buckets[n]);
     buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cumulative);
-    buf_printf(out, "%s_sum %.6f\n", name, (double)atomic_load(&w->fresh_sum_us) / 1e6);
-    buf_printf(out, "%s_count %llu\n", name, (unsigned long long)atomic_load(&w->fresh_count));
+    buf_printf(out, "%s_sum %.17g\n", name, sum);
+    buf_printf(out, "%s_count %llu\n", name, (unsigned long long)count);
 }
 
 void db_writer_render_metrics(struct buf *out, void *ud)
 {
     struct db_writer *w = ud;
-    const char *name = "cangrejo_ingest_group_size";
-    metrics_write_header(out, name, "histogram",
-                         "Orders committed together by the group-commit writer, per transaction.");
-    unsigned long long cumulative = 0;
-    for (size_t b = 0; b < N_GROUP_BOUNDS; b++) {
-        cumulative += atomic_load(&w->group_buckets[b]);
-        buf_printf(out, "%s_bucket{le=\"%u\"} %llu\n", name, group_bounds[b], cumulative);
-    }
-    cumulative += atomic_load(&w->group_buckets[N_GROUP_BOUNDS]);
-    buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, cumulative);
-    buf_printf(out, "%s_sum %llu\n", name, (unsigned long long)atomic_load(&w->orders));
-    buf_printf(out, "%s_count %llu\n", name, (unsigned long long)atomic_load(&w->groups));
-    render_freshness(out, w);
+    render_histogram(out, "cangrejo_ingest_group_size",
+                     "Orders committed together by the group-commit writer, per transaction.",
+                     group_bounds, N_GROUP_BOUNDS, w->group_buckets,
+                     (double)atomic_load(&w->orders), atomic_load(&w->groups));
+    render_histogram(out, "cangrejo_freshness_seconds",
+                     "From an order's arrival at the writer until reads see it (committed and "
+                     "its merchant's data version published).",
+                     fresh_bounds, N_FRESH_BOUNDS, w->fresh_buckets,
+                     (double)atomic_load(&w->fresh_sum_us) / 1e6, atomic_load(&w->fresh_count));
 }

@@ -591,6 +591,11 @@ def test_healthcheck_command_passes_on_a_live_server_and_fails_otherwise(server)
 
 READ_ONLY_ROOT = r"""
 set -eu
+# The binary is copied where the image has it outside /tmp (the checkout may live under /tmp,
+# which the fresh tmpfs below hides), on a mount of its own that turns read-only with the rest.
+mount -t tmpfs -o size=512m tmpfs /mnt
+cp "$BIN" /mnt/cangrejo
+BIN=/mnt/cangrejo
 findmnt -rn -o TARGET | sort -u | while read -r m; do
     case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
     mount -o remount,bind,ro "$m" 2>/dev/null || echo "could not make $m read-only" >&2
