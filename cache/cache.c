@@ -18,7 +18,9 @@
 
 enum {
     RECONNECT_BACKOFF_MS = 1000,
-    PENDING_MAX = 65536,     /* merchants whose version move waits for Redis, at most */
+    PENDING_SLOTS = 1 << 17, /* hash table of merchants whose version move waits for Redis */
+    PENDING_MAX = PENDING_SLOTS / 2,
+    PENDING_BATCH = 1024,    /* moves sent in one pipeline */
     PENDING_RETRY_MS = 100,  /* how often a waiting move is tried again */
     CACHE_MERCHANT_TTL_S = 24 * 3600, /* versions and LSNs outlive any cached response */
 };
@@ -41,7 +43,7 @@ struct cache {
     /* Version moves that did not reach Redis (stall, timeout, outage): retried until they do,
      * else other instances would take responses of the old version for current. */
     pthread_mutex_t pending_lock;
-    struct pending_bump *pending;
+    struct pending_bump *pending; /* PENDING_SLOTS, open addressing; merchant_id 0 is empty */
     size_t n_pending;
     atomic_bool has_pending;
     atomic_int_fast64_t pending_retry_ms;
@@ -432,31 +434,55 @@ static bool send_bumps(struct cache *c, const struct pending_bump *b, size_t n)
     return drain_replies(c, ctx, (int)n) && atomic_load(&c->errors) == errors;
 }
 
+/* The slot of a merchant's pending move, or the empty one where it goes (linear probing). */
+static struct pending_bump *pending_slot(struct cache *c, int64_t merchant_id)
+{
+    size_t i = ((uint64_t)merchant_id * 11400714819323198485ull) >> (64 - 17);
+    while (c->pending[i].merchant_id && c->pending[i].merchant_id != merchant_id)
+        i = (i + 1) & (PENDING_SLOTS - 1);
+    return &c->pending[i];
+}
+
 /* Keeps moves for later, one per merchant (the furthest). */
 static void add_pending(struct cache *c, const struct pending_bump *b, size_t n)
 {
     pthread_mutex_lock(&c->pending_lock);
+    if (!c->pending)
+        c->pending = xcalloc(PENDING_SLOTS, sizeof(*c->pending));
     for (size_t i = 0; i < n; i++) {
-        size_t j = 0;
-        while (j < c->n_pending && c->pending[j].merchant_id != b[i].merchant_id)
-            j++;
-        if (j == c->n_pending && j == PENDING_MAX) {
+        struct pending_bump *p = pending_slot(c, b[i].merchant_id);
+        if (!p->merchant_id && c->n_pending == PENDING_MAX) {
             log_warn("cache: %d version moves wait for Redis; dropping more (cached responses "
                      "expire within their TTL)", PENDING_MAX);
             break;
         }
-        if (j == c->n_pending) {
-            if (j % 64 == 0)
-                c->pending = xrealloc(c->pending, (j + 64) * sizeof(*c->pending));
-            c->pending[c->n_pending++] = b[i];
+        if (!p->merchant_id) {
+            *p = b[i];
+            c->n_pending++;
         } else {
-            struct pending_bump *p = &c->pending[j];
             p->version = p->version > b[i].version ? p->version : b[i].version;
             p->lsn = p->lsn > b[i].lsn ? p->lsn : b[i].lsn;
         }
     }
     atomic_store(&c->has_pending, c->n_pending > 0);
     pthread_mutex_unlock(&c->pending_lock);
+}
+
+/* Takes every pending move out of the table. */
+static struct pending_bump *take_pending(struct cache *c, size_t *n)
+{
+    pthread_mutex_lock(&c->pending_lock);
+    struct pending_bump *todo = xmalloc((c->n_pending + 1) * sizeof(*todo));
+    *n = 0;
+    for (size_t i = 0; c->n_pending && i < PENDING_SLOTS; i++)
+        if (c->pending[i].merchant_id) {
+            todo[(*n)++] = c->pending[i];
+            c->pending[i].merchant_id = 0;
+            c->n_pending--;
+        }
+    atomic_store(&c->has_pending, false);
+    pthread_mutex_unlock(&c->pending_lock);
+    return todo;
 }
 
 /* Tries the waiting moves again, from any thread, at most every PENDING_RETRY_MS. */
@@ -468,15 +494,15 @@ static void retry_pending(struct cache *c)
     if (now < due || !atomic_compare_exchange_strong(&c->pending_retry_ms, &due,
                                                      now + PENDING_RETRY_MS))
         return;
-    pthread_mutex_lock(&c->pending_lock);
-    struct pending_bump *todo = c->pending;
-    size_t n = c->n_pending;
-    c->pending = NULL;
-    c->n_pending = 0;
-    atomic_store(&c->has_pending, false);
-    pthread_mutex_unlock(&c->pending_lock);
-    if (n && !send_bumps(c, todo, n))
-        add_pending(c, todo, n);
+    size_t n;
+    struct pending_bump *todo = take_pending(c, &n);
+    for (size_t done = 0; done < n; done += PENDING_BATCH) {
+        size_t k = n - done < PENDING_BATCH ? n - done : PENDING_BATCH;
+        if (!send_bumps(c, todo + done, k)) {
+            add_pending(c, todo + done, n - done);
+            break;
+        }
+    }
     free(todo);
 }
 
