@@ -25,7 +25,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.algorithms import RSAAlgorithm
 
 from conftest import Server, _server_env
 from helpers import TEST_SECRET, free_port, sanitizer_reports, wait_until
@@ -58,8 +58,15 @@ def _public_pem(key):
 
 def _jwk(key, kid, **extra):
     public = key.public_key()
-    algorithm = RSAAlgorithm if isinstance(public, rsa.RSAPublicKey) else ECAlgorithm
-    jwk = json.loads(algorithm.to_jwk(public))
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = json.loads(RSAAlgorithm.to_jwk(public))
+    else:
+        # RFC 7518 6.2.1.2: x and y are the full 32 bytes of a P-256 coordinate. PyJWT 2.6
+        # (Debian 12) drops leading zero bytes, about one key in 128, which the server rightly
+        # refuses; so the coordinates are written here.
+        numbers = public.public_numbers()
+        jwk = {"kty": "EC", "crv": "P-256", "x": _b64url(numbers.x.to_bytes(32, "big")),
+               "y": _b64url(numbers.y.to_bytes(32, "big"))}
     jwk.update(kid=kid, **extra)
     return jwk
 
