@@ -136,6 +136,11 @@ void h_admin_job(struct srv_req *req)
     struct db_reprocess_job job;
     enum db_status st = db_reprocess_get(app->db, req->arena, srv_param(req, "job_id"), &job);
     req->log_db = "primary";
+    if (st == DB_NOT_FOUND && !req->principal.all_merchants) {
+        /* The same answer as for another merchant's job: a missing id reveals nothing. */
+        srv_reply_problem(req, PROBLEM_FORBIDDEN, "the token is not valid for this merchant");
+        return;
+    }
     if (st == DB_NOT_FOUND) {
         srv_reply_problem(req, PROBLEM_NOT_FOUND, "no such job");
         return;

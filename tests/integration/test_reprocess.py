@@ -881,6 +881,13 @@ def test_access(server, shop):
         r = requests.get(f"{server.url}/v1/admin/jobs/{missing}", timeout=10,
                          headers=headers(make_token(scope="admin", merchants="*")))
         assert r.status_code == 404, r.text
+    # A token for some merchants cannot tell a missing job from another merchant's.
+    other = make_token(scope="admin", merchants=[m["id"] + 1])
+    forbidden = requests.get(job_url, headers=headers(other), timeout=10)
+    missing = requests.get(f"{server.url}/v1/admin/jobs/{'0' * 32}", headers=headers(other),
+                           timeout=10)
+    assert missing.status_code == forbidden.status_code == 403
+    assert missing.json()["detail"] == forbidden.json()["detail"]
 
 
 def test_a_job_over_every_merchant_needs_every_merchant(server, shop):
