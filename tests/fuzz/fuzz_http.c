@@ -166,14 +166,27 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ---- one connection ---- */
 
+/* Connects, retrying briefly: over tens of thousands of short connections a new one may meet
+ * a port pair still in TIME_WAIT on the server's side and be refused once; a server that has
+ * really stopped listening still fails every attempt. */
 static int connect_loopback(void)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
-        die("cannot connect to the server");
-    return fd;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0)
+            return fd;
+        int why = errno;
+        if (fd >= 0)
+            close(fd);
+        if (attempt == 99) {
+            fprintf(stderr, "fuzz_http: connect: %s\n", strerror(why));
+            die("cannot connect to the server");
+        }
+        usleep(10000);
+    }
+    return -1;
 }
 
 /* Sends what the server will take; it may close early (413, 400), which is fine. */
