@@ -46,7 +46,6 @@ struct cache {
     struct pending_bump *pending; /* PENDING_SLOTS, open addressing; merchant_id 0 is empty */
     size_t n_pending;
     atomic_bool has_pending;
-    atomic_int_fast64_t pending_retry_ms;
     pthread_t retrier; /* retries them when no request comes to do it */
     pthread_cond_t retrier_wake;
     bool retrier_running, retrier_stop;
@@ -128,6 +127,9 @@ static void start_retrier(struct cache *c)
 {
     pthread_cond_init(&c->retrier_wake, NULL);
     c->retrier_running = pthread_create(&c->retrier, NULL, run_retrier, c) == 0;
+    if (!c->retrier_running)
+        log_warn("cache: no retrier thread: a version move that misses Redis waits for the "
+                 "cached responses' TTL");
 }
 
 static void stop_retrier(struct cache *c)
@@ -330,7 +332,6 @@ enum cache_result cache_merchant_get(struct cache *c, int64_t merchant_id, const
     *lsn = 0;
     if (!cache_enabled(c))
         return CACHE_DISABLED;
-    retry_pending(c);
     if (local_hit(c, merchant_id, field, a, out))
         return CACHE_HIT;
     redisContext *ctx = thread_context(c);
@@ -485,14 +486,10 @@ static struct pending_bump *take_pending(struct cache *c, size_t *n)
     return todo;
 }
 
-/* Tries the waiting moves again, from any thread, at most every PENDING_RETRY_MS. */
+/* Tries the waiting moves again (on the retrier thread, every PENDING_RETRY_MS). */
 static void retry_pending(struct cache *c)
 {
     if (!atomic_load(&c->has_pending))
-        return;
-    int64_t now = now_ms(), due = atomic_load(&c->pending_retry_ms);
-    if (now < due || !atomic_compare_exchange_strong(&c->pending_retry_ms, &due,
-                                                     now + PENDING_RETRY_MS))
         return;
     size_t n;
     struct pending_bump *todo = take_pending(c, &n);
@@ -517,9 +514,8 @@ void cache_merchant_bump(struct cache *c, const int64_t *merchant_ids, const int
         b[i] = (struct pending_bump){merchant_ids[i], versions[i], lsn};
     }
     if (!send_bumps(c, b, n))
-        add_pending(c, b, n);
+        add_pending(c, b, n); /* the retrier thread sends them once Redis answers */
     free(b);
-    retry_pending(c);
 }
 
 /* GCRA over n buckets (KEYS[i]; ARGV[2i-1] = quota, ARGV[2i] = window in ms): a bucket's key

@@ -85,35 +85,43 @@ void local_free(struct local_cache *lc)
     free(lc);
 }
 
-bool local_version(struct local_cache *lc, int64_t merchant_id, int64_t *version)
+static struct state_slot *state_slot(struct local_cache *lc, int64_t merchant_id)
+{
+    return &lc->states[slot_hash(merchant_id, NULL) % STATE_SLOTS];
+}
+
+/* The merchant's remembered version and when it was learnt; false when not remembered. */
+static bool read_state(struct local_cache *lc, int64_t merchant_id, int64_t *version,
+                       int64_t *seen_ms)
 {
     if (!lc)
         return false;
-    struct state_slot *s = &lc->states[slot_hash(merchant_id, NULL) % STATE_SLOTS];
+    struct state_slot *s = state_slot(lc, merchant_id);
     pthread_mutex_lock(&s->lock);
-    bool fresh = s->merchant_id == merchant_id && now_ms() - s->seen_ms < lc->state_ms;
+    bool known = s->merchant_id == merchant_id;
     *version = s->version;
+    *seen_ms = s->seen_ms;
     pthread_mutex_unlock(&s->lock);
-    return fresh;
+    return known;
+}
+
+bool local_version(struct local_cache *lc, int64_t merchant_id, int64_t *version)
+{
+    int64_t seen_ms;
+    return read_state(lc, merchant_id, version, &seen_ms) && now_ms() - seen_ms < lc->state_ms;
 }
 
 bool local_known_version(struct local_cache *lc, int64_t merchant_id, int64_t *version)
 {
-    if (!lc)
-        return false;
-    struct state_slot *s = &lc->states[slot_hash(merchant_id, NULL) % STATE_SLOTS];
-    pthread_mutex_lock(&s->lock);
-    bool known = s->merchant_id == merchant_id;
-    *version = s->version;
-    pthread_mutex_unlock(&s->lock);
-    return known;
+    int64_t seen_ms;
+    return read_state(lc, merchant_id, version, &seen_ms);
 }
 
 void local_saw_version(struct local_cache *lc, int64_t merchant_id, int64_t version)
 {
     if (!lc)
         return;
-    struct state_slot *s = &lc->states[slot_hash(merchant_id, NULL) % STATE_SLOTS];
+    struct state_slot *s = state_slot(lc, merchant_id);
     pthread_mutex_lock(&s->lock);
     if (s->merchant_id != merchant_id) {
         s->merchant_id = merchant_id;

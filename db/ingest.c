@@ -77,15 +77,11 @@ static void array_text(struct buf *b, const char *s)
 
 static void array_hex(struct buf *b, const unsigned char *bytes, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    char hex[128];
+    char hex[2 * 64 + 1];
     array_sep(b);
-    for (size_t i = 0; i < n; i += sizeof(hex) / 2) {
-        size_t k = 0;
-        for (; k < sizeof(hex) / 2 && i + k < n; k++) {
-            hex[2 * k] = digits[bytes[i + k] >> 4];
-            hex[2 * k + 1] = digits[bytes[i + k] & 15];
-        }
+    for (size_t i = 0; i < n; i += 64) {
+        size_t k = n - i < 64 ? n - i : 64;
+        hex_encode(hex, bytes + i, k);
         buf_append(b, hex, 2 * k);
     }
 }
@@ -429,8 +425,7 @@ static PGresult *bump_versions(struct attempt *t)
 static bool hash_matches(const struct db_order *o, const char *stored_hex)
 {
     char mine[2 * ORDER_HASH_BYTES + 1];
-    for (int k = 0; k < ORDER_HASH_BYTES; k++)
-        snprintf(mine + 2 * k, 3, "%02x", o->content_hash[k]);
+    hex_encode(mine, o->content_hash, ORDER_HASH_BYTES);
     return strcmp(mine, stored_hex) == 0;
 }
 

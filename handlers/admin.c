@@ -7,6 +7,7 @@
 #include "handlers/validate.h"
 #include "server/alloc.h"
 #include "server/arena.h"
+#include "server/buf.h"
 #include "server/jobs.h"
 
 #include <stdio.h>
@@ -52,8 +53,7 @@ void h_admin_new_job_id(char out[33])
     unsigned char raw[16];
     if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw))
         abort(); /* no randomness: nothing safe to do */
-    for (size_t i = 0; i < sizeof(raw); i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    hex_encode(out, raw, sizeof(raw));
 }
 
 static void parse_bound(struct v_errors *v, const json_t *body, const char *key, int64_t *us)

@@ -12,6 +12,7 @@
 #include "handlers/order_json.h"
 #include "server/alloc.h"
 #include "server/arena.h"
+#include "server/buf.h"
 #include "server/jobs.h"
 #include "server/json.h"
 #include "server/log.h"
@@ -413,8 +414,7 @@ static void finish_hash(struct batch *b)
     unsigned char digest[32];
     unsigned int n = 0;
     EVP_DigestFinal_ex(b->sha, digest, &n);
-    for (unsigned i = 0; i < n; i++)
-        snprintf(b->hash_hex + 2 * i, 3, "%02x", digest[i]);
+    hex_encode(b->hash_hex, digest, n);
 }
 
 void h_batches_post(struct srv_req *req)

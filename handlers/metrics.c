@@ -11,6 +11,7 @@
 #include "db/rankings.h"
 #include "handlers/handlers.h"
 #include "server/arena.h"
+#include "server/buf.h"
 #include "server/encoding.h"
 #include "server/json.h"
 
@@ -657,8 +658,8 @@ static const char *etag_of(struct arena *a, const char *body, size_t len)
         return "\"0\"";
     char *etag = arena_alloc(a, ETAG_HEX_CHARS + 3), *p = etag;
     *p++ = '"';
-    for (int i = 0; i < ETAG_HEX_CHARS / 2; i++, p += 2)
-        snprintf(p, 3, "%02x", md[i]);
+    hex_encode(p, md, ETAG_HEX_CHARS / 2);
+    p += ETAG_HEX_CHARS;
     *p++ = '"';
     *p = '\0';
     return etag;

@@ -1,6 +1,7 @@
 #include "order_json.h"
 
 #include "server/arena.h"
+#include "server/buf.h"
 #include "server/crypto.h"
 
 #include <ctype.h>
@@ -265,8 +266,7 @@ static const char *pii_mac_hex(const struct db_order *o, char hex[2 * CRYPTO_MAC
     free(text);
     if (!ok)
         abort(); /* HMAC-SHA256 does not fail short of a broken OpenSSL */
-    for (size_t i = 0; i < sizeof(mac); i++)
-        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    hex_encode(hex, mac, sizeof(mac));
     return hex;
 }
 

@@ -294,8 +294,7 @@ static const char *encode_cursor(struct arena *a, const struct db_order *last)
     const char *raw = arena_sprintf(a, "%lld:%s", (long long)last->placed_at_us, last->order_id);
     size_t n = strlen(raw);
     char *hex = arena_alloc(a, 2 * n + 1);
-    for (size_t i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)raw[i]);
+    hex_encode(hex, raw, n);
     return hex;
 }
 

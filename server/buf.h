@@ -17,5 +17,7 @@ void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Frees the storage and empties the buffer. */
 void buf_free(struct buf *b);
+/* Writes n bytes as 2n lower-case hex digits and a NUL into out (2n + 1 bytes). */
+void hex_encode(char *out, const void *bytes, size_t n);
 
 #endif

@@ -2,6 +2,7 @@
 
 #include "alloc.h"
 #include "arena.h"
+#include "buf.h"
 #include "json.h"
 #include "log.h"
 #include "cors.h"
@@ -314,12 +315,9 @@ static void make_request_id(struct srv_req *req)
             return;
         }
     }
-    static const char digits[] = "0123456789abcdef";
-    uint64_t halves[2] = {request_id_bits(), request_id_bits()};
-    char *id = arena_alloc(req->arena, 33);
-    for (size_t i = 0; i < 32; i++)
-        id[i] = digits[(halves[i / 16] >> (4 * (i % 16))) & 15];
-    id[32] = '\0';
+    uint64_t bits[2] = {request_id_bits(), request_id_bits()};
+    char *id = arena_alloc(req->arena, 2 * sizeof(bits) + 1);
+    hex_encode(id, bits, sizeof(bits));
     req->request_id = id;
 }
 

@@ -145,8 +145,7 @@ static void subject_key(char *key, size_t size, const struct rule *r, const char
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)sub, strlen(sub), md);
     char hex[33];
-    for (int i = 0; i < 16; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    hex_encode(hex, md, 16);
     snprintf(key, size, "cgj:rl:s:%s:%s", r->scope, hex);
 }
 

@@ -340,6 +340,19 @@ def server(stack):
                         pytrace=False)
 
 
+def server_with_env(stack, binary, name, **changes):
+    """A Server (not started) on the session stack, its own port and log (<stack dir>/<name>.log),
+    with the test environment changed by changes (a value of None removes a variable)."""
+    port = free_port()
+    env = _server_env(stack, port)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return Server(binary, env, os.path.join(stack.dir, f"{name}.log"), port)
+
+
 @pytest.fixture
 def start_server(stack, server):
     """start_server(name, **env) -> another `cangrejo serve` on the same stack, its own port and
@@ -348,14 +361,7 @@ def start_server(stack, server):
     started = []
 
     def start(name, **changes):
-        port = free_port()
-        env = _server_env(stack, port)
-        for key, value in changes.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
-        srv = Server(server.binary, env, os.path.join(stack.dir, f"{name}.log"), port)
+        srv = server_with_env(stack, server.binary, name, **changes)
         started.append(srv)
         srv.start()
         return srv

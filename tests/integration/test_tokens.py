@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import RSAAlgorithm
 
-from conftest import Server, _server_env
-from helpers import TEST_SECRET, free_port, sanitizer_reports, wait_until
+from conftest import server_with_env
+from helpers import TEST_SECRET, sanitizer_reports, wait_until
 
 ISSUER = "https://issuer.cangrejo.test"
 AUDIENCE = "cangrejo-api"
@@ -142,14 +142,7 @@ def keys():
 def start_own_server(stack, session_server, name, **changes):
     """Another `cangrejo serve` on the session stack (already migrated by `server`), with the
     test environment changed (a value of None removes a variable)."""
-    port = free_port()
-    env = _server_env(stack, port)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = str(value)
-    srv = Server(session_server.binary, env, os.path.join(stack.dir, f"{name}.log"), port)
+    srv = server_with_env(stack, session_server.binary, name, **changes)
     srv.start()
     return srv
 
