@@ -1,5 +1,6 @@
 #include "order_json.h"
 
+#include "server/alloc.h"
 #include "server/arena.h"
 #include "server/buf.h"
 #include "server/crypto.h"
@@ -169,6 +170,21 @@ static bool parse_item(struct v_errors *v, const json_t *item, const char *item_
     return ok && out->sku && out->name;
 }
 
+/* Item i of items. Only an error needs the item's path ("items[3]", and "items[3].sku" in
+ * v_string), so the item is parsed first without one; an item that fails is parsed again with
+ * its path, which records the same errors as ever. */
+static void parse_item_at(struct v_errors *v, const json_t *items, const char *items_path, size_t i,
+                          struct db_item *out)
+{
+    const json_t *item = json_array_get(items, i);
+    struct v_errors quiet = {.arena = v->arena};
+    parse_item(&quiet, item, "", out);
+    if (v_ok(&quiet))
+        return;
+    json_decref(quiet.list);
+    parse_item(v, item, arena_sprintf(v->arena, "%s[%zu]", items_path, i), out);
+}
+
 static void parse_items(struct v_errors *v, const json_t *obj, const char *prefix,
                         struct db_order *o)
 {
@@ -186,8 +202,7 @@ static void parse_items(struct v_errors *v, const json_t *obj, const char *prefi
     o->items = arena_zalloc(v->arena, n * sizeof(*o->items));
     o->n_items = n;
     for (size_t i = 0; i < n; i++)
-        parse_item(v, json_array_get(items, i), arena_sprintf(v->arena, "%s[%zu]", items_path, i),
-                   &o->items[i]);
+        parse_item_at(v, items, items_path, i, &o->items[i]);
 }
 
 /* gross = Σ quantity × unit price, net = gross − discount, total = net + tax, all checked. */
@@ -270,31 +285,194 @@ static const char *pii_mac_hex(const struct db_order *o, char hex[2 * CRYPTO_MAC
     return hex;
 }
 
-/* SHA-256 of the canonical order: every stored field, normalized (placed_at as UTC
- * microseconds, defaults filled in, computed amounts), keys sorted, no whitespace; the
- * customer's personal data only as its keyed MAC ("customer_pii", absent when none). */
-static void hash_order(struct db_order *o)
+/* The canonical text of an order is the JSON that jansson 2.14's json_dumps(JSON_COMPACT |
+ * JSON_SORT_KEYS) wrote when the first content hashes were stored; stored hashes depend on it,
+ * so it must not change by a byte (tests/unit/test_order_json.c compares it with jansson). It
+ * is built in a stack buffer that moves to the heap only for an unusually large order. */
+struct canon {
+    char *data;
+    size_t len, cap;
+    char stack[4096];
+};
+
+static void canon_init(struct canon *c)
+{
+    c->data = c->stack;
+    c->len = 0;
+    c->cap = sizeof(c->stack);
+}
+
+static void canon_free(struct canon *c)
+{
+    if (c->data != c->stack)
+        free(c->data);
+}
+
+/* Where n more bytes go. */
+static char *canon_reserve(struct canon *c, size_t n)
+{
+    if (n > c->cap - c->len) {
+        size_t cap = 2 * (c->len + n);
+        char *grown = xmalloc(cap);
+        memcpy(grown, c->data, c->len);
+        canon_free(c);
+        c->data = grown;
+        c->cap = cap;
+    }
+    return c->data + c->len;
+}
+
+static void canon_bytes(struct canon *c, const char *s, size_t n)
+{
+    memcpy(canon_reserve(c, n), s, n);
+    c->len += n;
+}
+
+static void canon_literal(struct canon *c, const char *s)
+{
+    canon_bytes(c, s, strlen(s));
+}
+
+/* As printf's "%lld" writes it. */
+static void canon_int(struct canon *c, int64_t n)
+{
+    char digits[24];
+    size_t i = sizeof(digits);
+    uint64_t u = n < 0 ? 0 - (uint64_t)n : (uint64_t)n;
+    do {
+        digits[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (n < 0)
+        digits[--i] = '-';
+    canon_bytes(c, digits + i, sizeof(digits) - i);
+}
+
+/* The letter of a two-character escape (\" \\ \b \f \n \r \t), or 0. */
+static char short_escape(unsigned char ch)
+{
+    switch (ch) {
+    case '"':
+        return '"';
+    case '\\':
+        return '\\';
+    case '\b':
+        return 'b';
+    case '\f':
+        return 'f';
+    case '\n':
+        return 'n';
+    case '\r':
+        return 'r';
+    case '\t':
+        return 't';
+    default:
+        return 0;
+    }
+}
+
+static char *write_escape(char *p, unsigned char ch)
+{
+    static const char hex[] = "0123456789ABCDEF"; /* jansson writes \u001F, not \u001f */
+    char letter = short_escape(ch);
+    *p++ = '\\';
+    if (letter) {
+        *p++ = letter;
+        return p;
+    }
+    memcpy(p, "u00", 3);
+    p[3] = hex[ch >> 4];
+    p[4] = hex[ch & 15];
+    return p + 5;
+}
+
+/* A string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: '"', '\\' and
+ * the control characters below 0x20 escaped; DEL, '/', U+2028, U+2029 and all other UTF-8
+ * written as they are (s is valid UTF-8, whose multi-byte sequences have no byte below 0x80,
+ * so escaping byte by byte is escaping code point by code point). */
+static void canon_string(struct canon *c, const char *s)
+{
+    size_t n = strlen(s);
+    char *start = canon_reserve(c, 6 * n + 2), *p = start;
+    *p++ = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            *p++ = (char)ch;
+        else
+            p = write_escape(p, ch);
+    }
+    *p++ = '"';
+    c->len += (size_t)(p - start);
+}
+
+static void canon_string_or_null(struct canon *c, const char *s)
+{
+    if (s)
+        canon_string(c, s);
+    else
+        canon_literal(c, "null");
+}
+
+static void canon_item(struct canon *c, const struct db_item *item)
+{
+    canon_literal(c, "[");
+    canon_string(c, item->sku);
+    canon_literal(c, ",");
+    canon_string(c, item->name);
+    canon_literal(c, ",");
+    canon_int(c, item->quantity);
+    canon_literal(c, ",");
+    canon_int(c, item->unit_price_cents);
+    canon_literal(c, "]");
+}
+
+/* Every stored field, normalized (placed_at as UTC microseconds, defaults filled in), keys in
+ * byte order, no whitespace, null for an absent customer_ref or promo_code; the customer's
+ * personal data only as its keyed MAC ("customer_pii", absent when none). */
+static void write_canonical_order(struct canon *c, const struct db_order *o, const char *pii_mac)
+{
+    canon_literal(c, "{\"channel\":");
+    canon_string(c, channel_names[o->channel]);
+    canon_literal(c, ",\"currency\":");
+    canon_string(c, o->currency);
+    if (pii_mac) {
+        canon_literal(c, ",\"customer_pii\":");
+        canon_string(c, pii_mac);
+    }
+    canon_literal(c, ",\"customer_ref\":");
+    canon_string_or_null(c, o->customer_ref);
+    canon_literal(c, ",\"discount_cents\":");
+    canon_int(c, o->discount_cents);
+    canon_literal(c, ",\"fulfillment\":");
+    canon_string(c, fulfillment_names[o->fulfillment]);
+    canon_literal(c, ",\"items\":[");
+    for (size_t i = 0; i < o->n_items; i++) {
+        if (i > 0)
+            canon_literal(c, ",");
+        canon_item(c, &o->items[i]);
+    }
+    canon_literal(c, "],\"order_id\":");
+    canon_string(c, o->order_id);
+    canon_literal(c, ",\"placed_at_us\":");
+    canon_int(c, o->placed_at_us);
+    canon_literal(c, ",\"promo_code\":");
+    canon_string_or_null(c, o->promo_code);
+    canon_literal(c, ",\"store_id\":");
+    canon_int(c, o->store_id);
+    canon_literal(c, ",\"tax_cents\":");
+    canon_int(c, o->tax_cents);
+    canon_literal(c, "}");
+}
+
+void order_content_hash(const struct db_order *o, unsigned char hash[ORDER_HASH_BYTES])
 {
     char mac_hex[2 * CRYPTO_MAC_BYTES + 1];
-    json_t *items = json_array();
-    for (size_t i = 0; i < o->n_items; i++)
-        json_array_append_new(items, json_pack("[s, s, I, I]", o->items[i].sku, o->items[i].name,
-                                               (json_int_t)o->items[i].quantity,
-                                               (json_int_t)o->items[i].unit_price_cents));
-    json_t *canon = json_pack(
-        "{s:s, s:I, s:s, s:s, s:I, s:s, s:o, s:I, s:I, s:s?, s:s?}", "order_id", o->order_id,
-        "store_id", (json_int_t)o->store_id, "channel", channel_names[o->channel], "fulfillment",
-        fulfillment_names[o->fulfillment], "placed_at_us", (json_int_t)o->placed_at_us,
-        "currency", o->currency, "items", items, "discount_cents", (json_int_t)o->discount_cents,
-        "tax_cents", (json_int_t)o->tax_cents, "promo_code", o->promo_code, "customer_ref",
-        o->customer_ref);
-    const char *pii_mac = pii_mac_hex(o, mac_hex);
-    if (pii_mac)
-        json_object_set_new(canon, "customer_pii", json_string(pii_mac));
-    char *text = json_dumps(canon, JSON_COMPACT | JSON_SORT_KEYS);
-    SHA256((const unsigned char *)text, strlen(text), o->content_hash);
-    free(text);
-    json_decref(canon);
+    struct canon c;
+    canon_init(&c);
+    write_canonical_order(&c, o, pii_mac_hex(o, mac_hex));
+    SHA256((const unsigned char *)c.data, c.len, hash);
+    canon_free(&c);
 }
 
 struct order_rules order_rules_for(int64_t merchant_id, const char *currency, int64_t now_us,
@@ -345,7 +523,7 @@ bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
         compute_amounts(v, obj, prefix, o);
     if (!v_ok(v))
         return false;
-    hash_order(o);
+    order_content_hash(o, o->content_hash);
     return true;
 }
 

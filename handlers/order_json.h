@@ -32,6 +32,9 @@ const char *order_fulfillment_name(enum order_fulfillment f);
  * False when anything failed. */
 bool order_from_json(struct v_errors *v, const json_t *obj, const char *prefix,
                      const struct order_rules *rules, struct db_order *out);
+/* SHA-256 of the order's canonical content, which order_from_json stores in content_hash
+ * (exported for its tests). */
+void order_content_hash(const struct db_order *o, unsigned char hash[ORDER_HASH_BYTES]);
 /* The rules for a merchant now: oldest placed_at from a retention of retention_months whole
  * months before this one (0: keep forever, anything from 1970 on). */
 struct order_rules order_rules_for(int64_t merchant_id, const char *currency, int64_t now_us,
