@@ -1,7 +1,9 @@
-/* POS batch uploads: orders parsed and validated as the body streams in, then stored on a job
- * thread (the HTTP thread is released meanwhile), with an optional Idempotency-Key. A large
- * batch is stored as two transactions at once on two connections, split in time at an hour
- * boundary so that they add to different rollup rows and do not wait for each other. */
+/* POS batch uploads: the body is split into orders as it streams in, and the orders are parsed
+ * and validated in chunks on job threads meanwhile (the HTTP thread only splits); once the body
+ * is complete, they are stored on a job thread (the HTTP thread is released meanwhile), with an
+ * optional Idempotency-Key. A large batch is stored as two transactions at once on two
+ * connections, split in time at an hour boundary so that they add to different rollup rows and
+ * do not wait for each other. */
 #include "handlers/handlers.h"
 
 #include "cache/cache.h"
@@ -20,6 +22,7 @@
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,8 +30,10 @@
 enum {
     BATCH_MAX_ORDERS = 10000,
     BATCH_ORDER_MAX_BYTES = 256 * 1024,
-    BATCH_GROUP = 2500,     /* orders per transaction at most */
-    BATCH_SPLIT_MIN = 2000, /* from this many orders, two transactions at once */
+    BATCH_GROUP = 2500,       /* orders per transaction at most */
+    BATCH_SPLIT_MIN = 2000,   /* from this many orders, two transactions at once */
+    CHUNK_BYTES = 128 * 1024, /* order bytes handed to a job thread to parse at once */
+    CHUNKS_AHEAD = 2,         /* chunks queued or parsing at most; past that, parsed inline */
     HOUR_US = 3600000000LL,
     IDEMPOTENCY_KEY_MAX = 255,
 };
@@ -39,6 +44,28 @@ struct rejection {
     json_t *entry;
 };
 
+/* What parsing made of some orders: the compact copies of the valid ones (in arena) with
+ * their batch indexes, and the rejected ones. */
+struct parsed {
+    struct arena *arena;
+    struct db_order **orders;
+    size_t *indexes; /* batch index of orders[i] */
+    size_t n_orders, cap_orders;
+    struct rejection *rejected;
+    size_t n_rejected, cap_rejected;
+};
+
+/* Consecutive orders of a batch, parsed together on one thread. */
+struct chunk {
+    struct batch *batch;
+    size_t first;     /* batch index of its first order */
+    struct buf bytes; /* the orders' bytes, back to back */
+    size_t *ends;     /* ends[i]: where order i ends in bytes; SIZE_MAX: it was too large */
+    size_t n, cap;
+    struct parsed out;
+    struct chunk *next;
+};
+
 /* A batch from its first byte to its answer; lives in the request arena. */
 struct batch {
     struct srv_req *req;
@@ -46,12 +73,14 @@ struct batch {
     struct order_rules rules;
     struct batch_stream stream;
     EVP_MD_CTX *sha;
-    size_t count; /* orders seen */
-    struct db_order **orders;
-    size_t *indexes; /* batch index of orders[i] */
-    size_t n_orders, cap_orders;
-    struct rejection *rejected;
-    size_t n_rejected, cap_rejected;
+    size_t count;          /* orders seen */
+    struct parsed all;     /* every chunk's, gathered (the orders stay in the chunks' arenas) */
+    struct chunk *filling; /* orders not handed to a parser yet */
+    struct chunk *chunks, **tail; /* every chunk handed over, in batch order */
+    pthread_mutex_t lock;         /* guards the three below */
+    pthread_cond_t parsed;        /* signalled when a chunk is parsed */
+    unsigned parsing;             /* chunks queued or being parsed on job threads */
+    bool resume_when_parsed;      /* the request is suspended until parsing is 0 */
     bool too_many;
     const char *key; /* Idempotency-Key, or NULL */
     bool key_open;   /* this request holds the key and has not finished or released it */
@@ -72,53 +101,188 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void free_parsed(struct parsed *p)
+{
+    for (size_t i = 0; i < p->n_rejected; i++)
+        json_decref(p->rejected[i].entry);
+    free(p->rejected);
+    free(p->orders);
+    free(p->indexes);
+    arena_free(p->arena);
+}
+
+static void free_chunk(struct chunk *c)
+{
+    buf_free(&c->bytes);
+    free(c->ends);
+    free_parsed(&c->out);
+    free(c);
+}
+
+/* Waits for the chunks still on job threads: they write into the batch. */
+static void wait_parsed(struct batch *b)
+{
+    pthread_mutex_lock(&b->lock);
+    while (b->parsing > 0)
+        pthread_cond_wait(&b->parsed, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+}
+
 static void free_batch(void *p)
 {
     struct batch *b = p;
+    wait_parsed(b);    /* the request may end (client gone) while its chunks are parsed */
     if (b->key_open) { /* ended without an answer of its own (e.g. a body over the limit) */
         struct h_app *app = b->req->app;
         db_idempotency_release(app->db, b->req->merchant_id, b->key);
     }
     batch_stream_free(&b->stream);
     EVP_MD_CTX_free(b->sha);
-    for (size_t i = 0; i < b->n_rejected; i++)
-        json_decref(b->rejected[i].entry);
-    free(b->rejected);
-    free(b->orders);
-    free(b->indexes);
+    for (struct chunk *c = b->chunks, *next; c; c = next) {
+        next = c->next;
+        free_chunk(c);
+    }
+    if (b->filling)
+        free_chunk(b->filling);
+    free_parsed(&b->all);
+    pthread_mutex_destroy(&b->lock);
+    pthread_cond_destroy(&b->parsed);
 }
 
-static void reject(struct batch *b, size_t index, const char *order_id, json_t *errors)
+static void add_rejection(struct parsed *p, struct rejection r)
 {
-    if (b->n_rejected == b->cap_rejected) {
-        b->cap_rejected = b->cap_rejected ? 2 * b->cap_rejected : 64;
-        b->rejected = xrealloc(b->rejected, b->cap_rejected * sizeof(*b->rejected));
+    if (p->n_rejected == p->cap_rejected) {
+        p->cap_rejected = p->cap_rejected ? 2 * p->cap_rejected : 64;
+        p->rejected = xrealloc(p->rejected, p->cap_rejected * sizeof(*p->rejected));
     }
+    p->rejected[p->n_rejected++] = r;
+}
+
+static void reject(struct parsed *p, size_t index, const char *order_id, json_t *errors)
+{
     json_t *entry = json_pack("{s:I, s:o, s:o}", "index", (json_int_t)index, "order_id",
                               order_id ? json_string(order_id) : json_null(), "errors", errors);
-    b->rejected[b->n_rejected++] = (struct rejection){index, entry};
+    add_rejection(p, (struct rejection){index, entry});
 }
 
-static void reject_with(struct batch *b, size_t index, const char *order_id, const char *field,
+static void reject_with(struct parsed *p, size_t index, const char *order_id, const char *field,
                         const char *message)
 {
     json_t *errors = NULL;
     problem_add_field_error(&errors, field, message);
-    reject(b, index, order_id, errors);
+    reject(p, index, order_id, errors);
 }
 
-static void keep_order(struct batch *b, size_t index, const struct db_order *o)
+static void add_order(struct parsed *p, size_t index, struct db_order *o)
 {
-    if (b->n_orders == b->cap_orders) {
-        b->cap_orders = b->cap_orders ? 2 * b->cap_orders : 256;
-        b->orders = xrealloc(b->orders, b->cap_orders * sizeof(*b->orders));
-        b->indexes = xrealloc(b->indexes, b->cap_orders * sizeof(*b->indexes));
+    if (p->n_orders == p->cap_orders) {
+        p->cap_orders = p->cap_orders ? 2 * p->cap_orders : 256;
+        p->orders = xrealloc(p->orders, p->cap_orders * sizeof(*p->orders));
+        p->indexes = xrealloc(p->indexes, p->cap_orders * sizeof(*p->indexes));
     }
-    b->orders[b->n_orders] = db_order_copy(b->req->arena, o);
-    b->indexes[b->n_orders++] = index;
+    p->orders[p->n_orders] = o;
+    p->indexes[p->n_orders++] = index;
 }
 
-/* One order's bytes: validated now; only the compact copy of a valid order is kept. */
+/* Moves what a chunk parsed to the end of the batch's lists (the orders stay in its arena). */
+static void append_parsed(struct parsed *to, struct parsed *from)
+{
+    for (size_t i = 0; i < from->n_orders; i++)
+        add_order(to, from->indexes[i], from->orders[i]);
+    for (size_t i = 0; i < from->n_rejected; i++)
+        add_rejection(to, from->rejected[i]);
+    from->n_rejected = 0; /* the entries are the batch's now */
+}
+
+/* ---- parsing, in chunks ---- */
+
+/* One order's bytes: validated; only the compact copy of a valid order is kept. */
+static void parse_order(const struct order_rules *rules, struct parsed *out, size_t index,
+                        const char *data, size_t len)
+{
+    json_error_t err;
+    json_t *obj = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
+    if (!json_is_object(obj)) {
+        reject_with(out, index, NULL, "", obj ? "must be a JSON object" : "is not valid JSON");
+        json_decref(obj);
+        return;
+    }
+    struct arena *scratch = arena_new();
+    struct v_errors v = {.arena = scratch};
+    struct db_order o;
+    if (order_from_json(&v, obj, "", rules, &o))
+        add_order(out, index, db_order_copy(out->arena, &o));
+    else
+        reject(out, index,
+               json_string_value(json_object_get(obj, "order_id")) && o.order_id ? o.order_id
+                                                                                 : NULL,
+               json_incref(v.list));
+    json_decref(v.list);
+    arena_free(scratch);
+    json_decref(obj);
+}
+
+static void parse_chunk(struct chunk *c)
+{
+    c->out.arena = arena_new();
+    for (size_t i = 0, start = 0; i < c->n; i++) {
+        if (c->ends[i] == SIZE_MAX) {
+            reject_with(&c->out, c->first + i, NULL, "", "an order must be at most 256 KiB");
+            continue;
+        }
+        parse_order(&c->batch->rules, &c->out, c->first + i, c->bytes.data + start,
+                    c->ends[i] - start);
+        start = c->ends[i];
+    }
+    buf_free(&c->bytes); /* the compact copies are all that is kept */
+}
+
+/* On a job thread; the last chunk parsed resumes a request waiting for it. */
+static void parse_chunk_job(void *arg)
+{
+    struct chunk *c = arg;
+    struct batch *b = c->batch;
+    parse_chunk(c);
+    pthread_mutex_lock(&b->lock);
+    bool resume = --b->parsing == 0 && b->resume_when_parsed;
+    if (resume)
+        b->resume_when_parsed = false;
+    pthread_cond_broadcast(&b->parsed);
+    pthread_mutex_unlock(&b->lock);
+    if (resume)
+        srv_resume(b->req);
+}
+
+/* Hands the chunk being filled to a job thread, or parses it here when enough are ahead. */
+static void hand_off(struct batch *b)
+{
+    struct chunk *c = b->filling;
+    if (!c)
+        return;
+    b->filling = NULL;
+    *b->tail = c;
+    b->tail = &c->next;
+    struct h_app *app = b->req->app;
+    pthread_mutex_lock(&b->lock);
+    bool queued = b->parsing < CHUNKS_AHEAD && jobs_submit(app->jobs, parse_chunk_job, c);
+    b->parsing += queued;
+    pthread_mutex_unlock(&b->lock);
+    if (!queued)
+        parse_chunk(c);
+}
+
+static void chunk_add(struct chunk *c, const char *data, size_t len, bool too_large)
+{
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 256;
+        c->ends = xrealloc(c->ends, c->cap * sizeof(*c->ends));
+    }
+    if (!too_large)
+        buf_append(&c->bytes, data, len);
+    c->ends[c->n++] = too_large ? SIZE_MAX : c->bytes.len;
+}
+
+/* One order's bytes, from the stream splitter: added to the chunk being filled. */
 static bool take_order(void *ud, const char *data, size_t len, bool too_large)
 {
     struct batch *b = ud;
@@ -127,31 +291,22 @@ static bool take_order(void *ud, const char *data, size_t len, bool too_large)
         b->too_many = true;
         return false;
     }
-    if (too_large) {
-        reject_with(b, index, NULL, "", "an order must be at most 256 KiB");
-        return true;
+    if (!b->filling) {
+        b->filling = xcalloc(1, sizeof(*b->filling));
+        b->filling->batch = b;
+        b->filling->first = index;
     }
-    json_error_t err;
-    json_t *obj = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
-    if (!json_is_object(obj)) {
-        reject_with(b, index, NULL, "", obj ? "must be a JSON object" : "is not valid JSON");
-        json_decref(obj);
-        return true;
-    }
-    struct arena *scratch = arena_new();
-    struct v_errors v = {.arena = scratch};
-    struct db_order o;
-    if (order_from_json(&v, obj, "", &b->rules, &o))
-        keep_order(b, index, &o);
-    else
-        reject(b, index,
-               json_string_value(json_object_get(obj, "order_id")) && o.order_id ? o.order_id
-                                                                                 : NULL,
-               json_incref(v.list));
-    json_decref(v.list);
-    arena_free(scratch);
-    json_decref(obj);
+    chunk_add(b->filling, data, len, too_large);
+    if (b->filling->bytes.len >= CHUNK_BYTES)
+        hand_off(b);
     return true;
+}
+
+/* Once every chunk is parsed: their results, in batch order. */
+static void gather_parsed(struct batch *b)
+{
+    for (struct chunk *c = b->chunks; c; c = c->next)
+        append_parsed(&b->all, &c->out);
 }
 
 static bool valid_idempotency_key(const char *k)
@@ -171,6 +326,9 @@ static struct batch *start_batch(struct srv_req *req)
     struct h_app *app = req->app;
     struct batch *b = arena_zalloc(req->arena, sizeof(*b));
     b->req = req;
+    b->tail = &b->chunks;
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->parsed, NULL);
     b->sha = EVP_MD_CTX_new();
     EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL);
     arena_defer(req->arena, free_batch, b);
@@ -220,7 +378,7 @@ bool h_batches_body(struct srv_req *req, const char *data, size_t size)
 
 static void count_result(struct batch *b, size_t i, enum db_ingest_result r)
 {
-    const struct db_order *o = b->orders[i];
+    const struct db_order *o = b->all.orders[i];
     switch (r) {
     case INGEST_INSERTED:
         b->accepted++;
@@ -229,11 +387,11 @@ static void count_result(struct batch *b, size_t i, enum db_ingest_result r)
         b->duplicates++;
         break;
     case INGEST_CONFLICT:
-        reject_with(b, b->indexes[i], o->order_id, "order_id",
+        reject_with(&b->all, b->all.indexes[i], o->order_id, "order_id",
                     "an order with this order_id and different content exists");
         break;
     case INGEST_FAILED:
-        reject_with(b, b->indexes[i], o->order_id, "", "the order could not be stored");
+        reject_with(&b->all, b->all.indexes[i], o->order_id, "", "the order could not be stored");
         break;
     case INGEST_UNAVAILABLE:
         b->unavailable = true;
@@ -260,7 +418,8 @@ static void *store_slice(void *arg)
         size_t n = s->n - done < BATCH_GROUP ? s->n - done : BATCH_GROUP;
         struct db_ingest_commit commit = {0};
         if (c)
-            db_ingest(app->db, c, s->b->orders + s->first + done, n, s->results + done, &commit);
+            db_ingest(app->db, c, s->b->all.orders + s->first + done, n, s->results + done,
+                      &commit);
         else
             for (size_t i = 0; i < n; i++)
                 s->results[done + i] = INGEST_UNAVAILABLE;
@@ -290,19 +449,19 @@ static int compare_placed(const void *pa, const void *pb)
  * transaction can start: the hour boundary nearest the middle, or 0 when there is none. */
 static size_t split_by_hour(struct batch *b)
 {
-    struct placed_order *p = xmalloc(b->n_orders * sizeof(*p));
-    for (size_t i = 0; i < b->n_orders; i++)
-        p[i] = (struct placed_order){b->orders[i], b->indexes[i]};
-    qsort(p, b->n_orders, sizeof(*p), compare_placed);
-    for (size_t i = 0; i < b->n_orders; i++) {
-        b->orders[i] = p[i].order;
-        b->indexes[i] = p[i].index;
+    struct placed_order *p = xmalloc(b->all.n_orders * sizeof(*p));
+    for (size_t i = 0; i < b->all.n_orders; i++)
+        p[i] = (struct placed_order){b->all.orders[i], b->all.indexes[i]};
+    qsort(p, b->all.n_orders, sizeof(*p), compare_placed);
+    for (size_t i = 0; i < b->all.n_orders; i++) {
+        b->all.orders[i] = p[i].order;
+        b->all.indexes[i] = p[i].index;
     }
     free(p);
-    size_t best = 0, mid = b->n_orders / 2;
-    for (size_t i = 1; i < b->n_orders; i++) {
-        bool boundary =
-            b->orders[i - 1]->placed_at_us / HOUR_US != b->orders[i]->placed_at_us / HOUR_US;
+    size_t best = 0, mid = b->all.n_orders / 2;
+    for (size_t i = 1; i < b->all.n_orders; i++) {
+        bool boundary = b->all.orders[i - 1]->placed_at_us / HOUR_US !=
+                        b->all.orders[i]->placed_at_us / HOUR_US;
         size_t off = i > mid ? i - mid : mid - i, best_off = best > mid ? best - mid : mid - best;
         if (boundary && (best == 0 || off < best_off))
             best = i;
@@ -314,11 +473,11 @@ static void store_batch(void *arg)
 {
     struct batch *b = arg;
     struct h_app *app = b->req->app;
-    enum db_ingest_result *results = xmalloc((b->n_orders + 1) * sizeof(*results));
-    size_t split = b->n_orders >= BATCH_SPLIT_MIN ? split_by_hour(b) : 0;
-    struct db_conn *c1 = b->n_orders ? db_acquire_primary(app->db) : NULL;
-    struct slice first = {b, c1, 0, split ? split : b->n_orders, results};
-    struct slice second = {b, c1, first.n, b->n_orders - first.n, results + first.n};
+    enum db_ingest_result *results = xmalloc((b->all.n_orders + 1) * sizeof(*results));
+    size_t split = b->all.n_orders >= BATCH_SPLIT_MIN ? split_by_hour(b) : 0;
+    struct db_conn *c1 = b->all.n_orders ? db_acquire_primary(app->db) : NULL;
+    struct slice first = {b, c1, 0, split ? split : b->all.n_orders, results};
+    struct slice second = {b, c1, first.n, b->all.n_orders - first.n, results + first.n};
     struct db_conn *c2 = c1 && second.n ? db_acquire_primary(app->db) : NULL;
     pthread_t thread;
     bool threaded = c2 && (second.c = c2, pthread_create(&thread, NULL, store_slice, &second) == 0);
@@ -331,7 +490,7 @@ static void store_batch(void *arg)
     }
     db_release(c2);
     db_release(c1);
-    for (size_t i = 0; i < b->n_orders; i++)
+    for (size_t i = 0; i < b->all.n_orders; i++)
         count_result(b, i, results[i]);
     free(results);
     srv_resume(b->req);
@@ -347,11 +506,11 @@ static int compare_rejections(const void *pa, const void *pb)
 
 static json_t *batch_result(struct batch *b)
 {
-    if (b->n_rejected > 1)
-        qsort(b->rejected, b->n_rejected, sizeof(*b->rejected), compare_rejections);
+    if (b->all.n_rejected > 1)
+        qsort(b->all.rejected, b->all.n_rejected, sizeof(*b->all.rejected), compare_rejections);
     json_t *rejected = json_array();
-    for (size_t i = 0; i < b->n_rejected; i++)
-        json_array_append(rejected, b->rejected[i].entry);
+    for (size_t i = 0; i < b->all.n_rejected; i++)
+        json_array_append(rejected, b->all.rejected[i].entry);
     return json_pack("{s:I, s:I, s:o}", "accepted", (json_int_t)b->accepted, "duplicates",
                      (json_int_t)b->duplicates, "rejected", rejected);
 }
@@ -417,25 +576,21 @@ static void finish_hash(struct batch *b)
     hex_encode(b->hash_hex, digest, n);
 }
 
-void h_batches_post(struct srv_req *req)
+/* Once every order is parsed: the answer, or the orders handed to a job thread to store. */
+static void answer_parsed(struct srv_req *req)
 {
     struct h_app *app = req->app;
     struct batch *b = req->handler_state;
-    if (!b) {
-        srv_reply_problem(req, PROBLEM_MALFORMED_JSON, "a batch body is required");
-        return;
-    }
-    finish_hash(b);
+    gather_parsed(b);
     if (answered_by_key(req, b))
         return;
-    if (b->too_many || b->malformed || !batch_stream_finish(&b->stream)) {
+    if (b->too_many || b->malformed) {
         release_key(req, b);
         if (b->too_many)
             srv_reply_problem(req, PROBLEM_PAYLOAD_TOO_LARGE,
                               "a batch holds at most 10000 orders; nothing was stored");
         else
-            srv_reply_problem(req, PROBLEM_MALFORMED_JSON,
-                              b->malformed ? b->malformed : b->stream.error);
+            srv_reply_problem(req, PROBLEM_MALFORMED_JSON, b->malformed);
         return;
     }
     if (b->key_open &&
@@ -449,4 +604,27 @@ void h_batches_post(struct srv_req *req)
         b->unavailable = true; /* the continuation releases the key and answers 503 */
         srv_resume(req);
     }
+}
+
+void h_batches_post(struct srv_req *req)
+{
+    struct batch *b = req->handler_state;
+    if (!b) {
+        srv_reply_problem(req, PROBLEM_MALFORMED_JSON, "a batch body is required");
+        return;
+    }
+    finish_hash(b);
+    if (!b->too_many && !b->malformed && !batch_stream_finish(&b->stream))
+        b->malformed = b->stream.error;
+    if (!b->too_many && !b->malformed)
+        hand_off(b); /* the last orders */
+    pthread_mutex_lock(&b->lock);
+    bool wait = b->parsing > 0;
+    if (wait) { /* the last chunk parsed resumes the request */
+        b->resume_when_parsed = true;
+        srv_suspend(req, answer_parsed);
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (!wait)
+        answer_parsed(req);
 }

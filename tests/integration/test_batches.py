@@ -279,14 +279,14 @@ def _big_line(n):
 
 
 @contextlib.contextmanager
-def _own_server(server, name):
+def _own_server(server, name, **env):
     """A second `cangrejo serve` of the same binary and configuration on its own port, with
     AddressSanitizer's quarantine off: ASan keeps up to 256 MiB of freed memory out of reuse
     (the test build measured +510 MiB for the upload below, +51 MiB with the quarantine off,
     +39 MiB without sanitizers), which would measure the sanitizer, not the server. Yields
     the Server; fails if its log gained a sanitizer report."""
     port = free_port()
-    env = dict(server.env, CANGREJO_LISTEN=f"127.0.0.1:{port}")
+    env = dict(server.env, CANGREJO_LISTEN=f"127.0.0.1:{port}", **env)
     env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") +
                            ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0")
     log_path = os.path.join(os.path.dirname(server.log_path), f"server-{name}.log")
@@ -410,6 +410,54 @@ def test_batch_mixed_valid_and_invalid_orders(server, stack, make_token, merchan
         assert got["status"] == "placed" and got["store_id"] == 3, got
     for rejected in (f"{fmt}-bad-qty", f"{fmt}-bad-many", f"{fmt}-usd"):
         assert _get_order(server, token, merchant_id, rejected).status_code == 404
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_batch_parsed_in_chunks_keeps_every_index(server, stack, make_token, merchant_id, fmt):
+    """~1 MiB of orders is parsed as several chunks on job threads: every rejection still
+    carries its own batch index, in order, and exactly the valid orders are stored."""
+    token = _merchant(server, make_token, merchant_id)
+    elements, expected, valid = [], {}, []
+    for block in range(230):
+        part, part_expected, part_ok = _mixed_batch(f"{fmt}{block}")
+        expected.update({len(elements) + i: v for i, v in part_expected.items()})
+        elements += part
+        valid += part_ok
+    body = _json_body(elements) if fmt == "json" else _ndjson_body(elements)
+    assert len(body) > 5 * 128 * 1024, len(body)  # several chunks (CHUNK_BYTES in batches.c)
+    r = _post_raw(server, token, merchant_id, body, JSON_CT if fmt == "json" else NDJSON_CT)
+    result = _result(r)
+    assert result["accepted"] == len(valid) and result["duplicates"] == 0, result["accepted"]
+    assert _rejected_map(result) == expected
+    assert _stored_ids(stack, merchant_id) == {o["order_id"] for o in valid}
+    assert _stored_count(stack, merchant_id) == (len(valid),) * 3
+
+
+def test_batch_client_gone_mid_upload_leaves_the_server_well(server, stack, make_token,
+                                                             merchant_id):
+    """Clients hang up after ~1.5 MiB of a ~3 MiB body, parts of which are being parsed on job
+    threads: each request ends as 499 (at the connection timeout: libmicrohttpd 0.9.75 only
+    notices then), nothing is stored, the server (sanitizers on) stays up and the next batch
+    is stored."""
+    with _own_server(server, "client-gone", CANGREJO_CONNECTION_TIMEOUT_SECONDS="2") as own:
+        token = _merchant(own, make_token, merchant_id)
+        data = _n_orders_ndjson("gone", 8000)
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", own.port), timeout=30)
+            head = (f"POST {_batch_path(merchant_id)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Type: {NDJSON_CT}\r\n"
+                    f"Content-Length: {2 * len(data)}\r\n\r\n")
+            sock.sendall(head.encode() + data)
+            sock.close()
+
+        def ended():
+            return own.log_text().count('"status":499') >= 3
+        assert wait_until(ended, timeout=20), "the abandoned uploads never ended"
+        assert requests.get(own.url + "/livez", timeout=10).status_code == 200
+        assert _stored_count(stack, merchant_id) == (0, 0, 0)
+        r = _post_raw(own, token, merchant_id, _n_orders_ndjson("after", 3000), NDJSON_CT)
+        assert _result(r) == {"accepted": 3000, "duplicates": 0, "rejected": []}
+        assert _stored_count(stack, merchant_id) == (3000,) * 3
 
 
 def test_batch_ndjson_garbage_and_blank_lines(server, stack, make_token, merchant_id):
