@@ -1,6 +1,7 @@
 #include "ingest.h"
 
 #include "db/allocation.h"
+#include "db/copy.h"
 #include "db/customers.h"
 #include "server/alloc.h"
 #include "server/arena.h"
@@ -15,7 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { ROLLUP_GRAIN_S = 15 * 60, MONTHS_KNOWN = 12 * 400 };
+enum {
+    ROLLUP_GRAIN_S = 15 * 60,
+    MONTHS_KNOWN = 12 * 400,
+    COPY_KEYS_MIN = 256, /* from this many orders in a group, new keys are copied in */
+};
 
 /* Months (since 1970-01) whose partitions this process has made sure of. */
 static unsigned char months_ready[MONTHS_KNOWN];
@@ -170,6 +175,8 @@ struct attempt {
     bool *inserted; /* inserted[i]: the gate took orders[i] */
     size_t *by_key; /* indexes of orders sorted by (merchant_id, order_id, position) */
     bool *pii_stored; /* pii_stored[i]: orders[i]'s PII went into order_pii */
+    bool copy_keys;   /* new keys copied in (take_new_keys), not inserted through run_gate */
+    bool key_raced;   /* copying them met a key stored meanwhile: try again with run_gate */
 };
 
 static int compare_keys(int64_t ma, const char *oa, int64_t mb, const char *ob)
@@ -238,14 +245,16 @@ static PGresult *lock_merchants(struct attempt *t)
     return r;
 }
 
+/* Takes the keys in key order: the index is then filled left to right, and every writer
+ * waits for another's keys in one order, which cannot deadlock. */
 static PGresult *run_gate(struct attempt *t)
 {
     struct params p;
     params_begin(&p, 4);
-    for (size_t i = 0; i < t->n; i++) {
-        if (!t->first[i])
+    for (size_t k = 0; k < t->n; k++) {
+        if (!t->first[t->by_key[k]])
             continue;
-        struct db_order *o = t->orders[i];
+        struct db_order *o = t->orders[t->by_key[k]];
         array_int(&p.cols[0], o->merchant_id);
         array_text(&p.cols[1], o->order_id);
         array_int(&p.cols[2], o->placed_at_us);
@@ -264,57 +273,138 @@ static PGresult *run_gate(struct attempt *t)
     return r;
 }
 
-static PGresult *insert_orders(struct attempt *t)
+/* ---- the inserted orders and their items, with COPY ---- */
+
+/* COPY lets PostgreSQL write many rows per heap page and WAL record instead of one, and it
+ * parses no text; the rows are sent in pieces of about this many bytes as they are built. */
+enum { COPY_PIECE = 64 * 1024 };
+
+static void order_row(struct buf *b, const struct db_order *o)
+{
+    copy_row(b, 15);
+    copy_int8(b, o->merchant_id);
+    copy_timestamptz(b, o->placed_at_us);
+    copy_text(b, o->order_id);
+    copy_int8(b, o->store_id);
+    copy_int2(b, (int16_t)o->channel);
+    copy_int2(b, (int16_t)o->fulfillment);
+    copy_text(b, o->currency);
+    copy_int8(b, o->gross_cents);
+    copy_int8(b, o->discount_cents);
+    copy_int8(b, o->net_cents);
+    copy_int8(b, o->tax_cents);
+    copy_int8(b, o->total_cents);
+    copy_int8(b, o->items_sold);
+    copy_text(b, o->promo_code);
+    copy_text(b, o->customer_ref);
+}
+
+static void item_rows(struct buf *b, const struct db_order *o)
+{
+    for (size_t k = 0; k < o->n_items; k++) {
+        copy_row(b, 8);
+        copy_int8(b, o->merchant_id);
+        copy_timestamptz(b, o->placed_at_us);
+        copy_text(b, o->order_id);
+        copy_int2(b, (int16_t)k);
+        copy_text(b, o->items[k].sku);
+        copy_text(b, o->items[k].name);
+        copy_int8(b, o->items[k].quantity);
+        copy_int8(b, o->items[k].unit_price_cents);
+    }
+}
+
+static void key_row(struct buf *b, const struct db_order *o)
+{
+    copy_row(b, 4);
+    copy_int8(b, o->merchant_id);
+    copy_text(b, o->order_id);
+    copy_timestamptz(b, o->placed_at_us);
+    copy_bytea(b, o->content_hash, ORDER_HASH_BYTES);
+}
+
+/* Where a COPY of the inserted orders has got to; rows() writes one order's rows. The orders
+ * go in group order, or in key order when by_key is set. */
+struct copy_cursor {
+    const struct attempt *t;
+    void (*rows)(struct buf *b, const struct db_order *o);
+    const size_t *by_key;
+    size_t next;
+};
+
+static bool next_piece(void *ud, struct buf *piece)
+{
+    struct copy_cursor *cur = ud;
+    const struct attempt *t = cur->t;
+    if (cur->next == 0)
+        copy_begin(piece);
+    for (; cur->next < t->n && piece->len < COPY_PIECE; cur->next++) {
+        size_t i = cur->by_key ? cur->by_key[cur->next] : cur->next;
+        if (t->inserted[i])
+            cur->rows(piece, t->orders[i]);
+    }
+    if (cur->next < t->n)
+        return true;
+    copy_end(piece);
+    return false;
+}
+
+static PGresult *copy_orders(const struct attempt *t)
+{
+    struct copy_cursor cur = {t, order_row, NULL, 0};
+    return db_copy_in(t->c,
+                      "COPY orders (merchant_id, placed_at, order_id, store_id, channel, "
+                      "fulfillment, currency, gross_cents, discount_cents, net_cents, tax_cents, "
+                      "total_cents, items_sold, promo_code, customer_ref) "
+                      "FROM STDIN (FORMAT binary)",
+                      next_piece, &cur);
+}
+
+static PGresult *copy_items(const struct attempt *t)
+{
+    struct copy_cursor cur = {t, item_rows, NULL, 0};
+    return db_copy_in(t->c,
+                      "COPY order_items (merchant_id, placed_at, order_id, line_no, sku, name, "
+                      "quantity, unit_price_cents) FROM STDIN (FORMAT binary)",
+                      next_piece, &cur);
+}
+
+/* The gate of a large group, cheaper than run_gate's INSERT ... ON CONFLICT: the keys already
+ * stored are looked up, and the new ones copied in, in key order. A key another writer stores
+ * meanwhile fails the COPY (unique violation, key_raced), and the group is tried again through
+ * run_gate. */
+static PGresult *look_up_keys(struct attempt *t)
 {
     struct params p;
-    params_begin(&p, 15);
-    for (size_t i = 0; i < t->n; i++) {
-        if (!t->inserted[i])
+    params_begin(&p, 2);
+    for (size_t k = 0; k < t->n; k++) {
+        size_t i = t->by_key[k];
+        if (!t->first[i])
             continue;
-        struct db_order *o = t->orders[i];
-        array_int(&p.cols[0], o->merchant_id);
-        array_int(&p.cols[1], o->placed_at_us);
-        array_text(&p.cols[2], o->order_id);
-        array_int(&p.cols[3], o->store_id);
-        array_int(&p.cols[4], o->channel);
-        array_int(&p.cols[5], o->fulfillment);
-        array_text(&p.cols[6], o->currency);
-        array_int(&p.cols[7], o->gross_cents);
-        array_int(&p.cols[8], o->discount_cents);
-        array_int(&p.cols[9], o->net_cents);
-        array_int(&p.cols[10], o->tax_cents);
-        array_int(&p.cols[11], o->total_cents);
-        array_int(&p.cols[12], o->items_sold);
-        array_text(&p.cols[13], o->promo_code);
-        array_text(&p.cols[14], o->customer_ref);
+        array_int(&p.cols[0], t->orders[i]->merchant_id);
+        array_text(&p.cols[1], t->orders[i]->order_id);
+        t->inserted[i] = true; /* unless it is found */
     }
-    PGresult *r = db_exec(t->c, DB_INGEST_ORDERS, params_end(&p));
+    PGresult *r = db_exec(t->c, DB_INGEST_LOOKUP, params_end(&p));
     params_free(&p);
+    if (db_ok(r, PGRES_TUPLES_OK)) {
+        for (int row = 0; row < PQntuples(r); row++) {
+            size_t k = find_key(t, strtoll(PQgetvalue(r, row, 0), NULL, 10),
+                                PQgetvalue(r, row, 1));
+            if (k < t->n)
+                t->inserted[t->by_key[k]] = false;
+        }
+    }
     return r;
 }
 
-static PGresult *insert_items(struct attempt *t)
+static PGresult *copy_new_keys(const struct attempt *t)
 {
-    struct params p;
-    params_begin(&p, 8);
-    for (size_t i = 0; i < t->n; i++) {
-        if (!t->inserted[i])
-            continue;
-        struct db_order *o = t->orders[i];
-        for (size_t k = 0; k < o->n_items; k++) {
-            array_int(&p.cols[0], o->merchant_id);
-            array_int(&p.cols[1], o->placed_at_us);
-            array_text(&p.cols[2], o->order_id);
-            array_int(&p.cols[3], (int64_t)k);
-            array_text(&p.cols[4], o->items[k].sku);
-            array_text(&p.cols[5], o->items[k].name);
-            array_int(&p.cols[6], o->items[k].quantity);
-            array_int(&p.cols[7], o->items[k].unit_price_cents);
-        }
-    }
-    PGresult *r = db_exec(t->c, DB_INGEST_ITEMS, params_end(&p));
-    params_free(&p);
-    return r;
+    struct copy_cursor cur = {t, key_row, t->by_key, 0};
+    return db_copy_in(t->c,
+                      "COPY order_keys (merchant_id, order_id, placed_at, content_hash) "
+                      "FROM STDIN (FORMAT binary)",
+                      next_piece, &cur);
 }
 
 /* One rollup delta: the key, then the figures. */
@@ -488,6 +578,8 @@ static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_st
     if (!ok) {
         if (strcmp(db_sqlstate(r), "23514") == 0) /* no partition of relation found for row */
             atomic_store(&partition_missing, true);
+        if (strcmp(db_sqlstate(r), "23505") == 0) /* unique violation: only copied keys */
+            t->key_raced = true;
         *failed = db_failure(t->c, r);
     }
     PQclear(r);
@@ -1020,14 +1112,16 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     if (!step(t, db_exec_simple(t->c, "BEGIN"), PGRES_COMMAND_OK, &failed))
         return failed;
     bool ok = step(t, lock_merchants(t), PGRES_TUPLES_OK, &failed) &&
-              step(t, run_gate(t), PGRES_TUPLES_OK, &failed);
+              (t->copy_keys ? step(t, look_up_keys(t), PGRES_TUPLES_OK, &failed) &&
+                                  step(t, copy_new_keys(t), PGRES_COMMAND_OK, &failed)
+                            : step(t, run_gate(t), PGRES_TUPLES_OK, &failed));
     size_t inserted = 0;
     for (size_t i = 0; i < t->n; i++)
         inserted += t->inserted[i];
     PGresult *bump = NULL;
     if (ok && inserted) {
-        ok = step(t, insert_orders(t), PGRES_COMMAND_OK, &failed) &&
-             step(t, insert_items(t), PGRES_COMMAND_OK, &failed) && store_pii(t, &failed) &&
+        ok = step(t, copy_orders(t), PGRES_COMMAND_OK, &failed) &&
+             step(t, copy_items(t), PGRES_COMMAND_OK, &failed) && store_pii(t, &failed) &&
              step(t, upsert_rollups(t), PGRES_COMMAND_OK, &failed) && rollup_items(t, &failed) &&
              rollup_deliveries(t, &failed);
         if (ok) {
@@ -1071,7 +1165,12 @@ static void ingest_group(struct db_conn *c, struct db_order **orders, size_t n,
                         xcalloc(n, sizeof(size_t)),
                         xcalloc(n, sizeof(bool))};
     index_by_key(&t);
+    t.copy_keys = n >= COPY_KEYS_MIN;
     enum db_status st = ingest_once(&t, commit);
+    if (st != DB_OK && t.key_raced) {
+        t.copy_keys = false;
+        st = ingest_once(&t, commit);
+    }
     free(t.first);
     free(t.inserted);
     free(t.by_key);

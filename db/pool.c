@@ -5,6 +5,7 @@
 #include "server/metrics.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -567,6 +568,10 @@ static PGresult *await_answer(struct db_conn *c, bool sent)
                 note_connection_state(c);
                 return answer ? answer : PQmakeEmptyPGresult(c->pg, PGRES_FATAL_ERROR);
             }
+            if (PQresultStatus(r) == PGRES_COPY_IN) { /* the server waits for the data */
+                PQclear(answer);
+                return r;
+            }
             if (answer && PQresultStatus(answer) == PGRES_FATAL_ERROR) {
                 PQclear(r); /* keep the first error, as PQexec does */
             } else {
@@ -641,6 +646,54 @@ enum db_status db_run_primary(struct db *db, enum db_stmt stmt, const char *cons
 PGresult *db_exec_simple(struct db_conn *c, const char *sql)
 {
     PGresult *r = await_answer(c, PQsendQuery(c->pg, sql) == 1);
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+        note_connection_state(c);
+    return r;
+}
+
+/* Sends what libpq holds for the server, waiting at most until deadline (ms); false when the
+ * connection failed or the server stopped reading (the connection is then given up). */
+static bool flush_until(struct db_conn *c, int64_t deadline)
+{
+    for (;;) {
+        int left = PQflush(c->pg);
+        if (left <= 0)
+            return left == 0;
+        int64_t wait = deadline - now_ms();
+        struct pollfd pfd = {PQsocket(c->pg), POLLIN | POLLOUT, 0};
+        if (wait <= 0 || (poll(&pfd, 1, (int)wait) < 0 && errno != EINTR)) {
+            log_warn("db %s: COPY data not taken within statement_timeout: connection given up",
+                     c->pool->label);
+            c->broken = true;
+            c->lost = true;
+            return false;
+        }
+        if ((pfd.revents & POLLIN) && !PQconsumeInput(c->pg))
+            return false; /* an answer (an error) may come early; keep reading it */
+    }
+}
+
+PGresult *db_copy_in(struct db_conn *c, const char *sql, db_copy_fill_fn fill, void *ud)
+{
+    PGresult *r = await_answer(c, PQsendQuery(c->pg, sql) == 1);
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+            note_connection_state(c);
+        return r;
+    }
+    PQclear(r);
+    int64_t deadline = now_ms() + c->pool->statement_timeout_ms + ANSWER_MARGIN_MS;
+    struct buf piece = {0};
+    bool more = true, sent = true;
+    while (more && sent) {
+        piece.len = 0;
+        more = fill(ud, &piece);
+        sent = piece.len <= INT_MAX && PQputCopyData(c->pg, piece.data, (int)piece.len) == 1 &&
+               flush_until(c, deadline);
+    }
+    buf_free(&piece);
+    sent = PQputCopyEnd(c->pg, sent ? NULL : "the data could not be sent") == 1 && sent;
+    r = await_answer(c, sent);
     if (PQresultStatus(r) == PGRES_FATAL_ERROR)
         note_connection_state(c);
     return r;

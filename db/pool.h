@@ -18,7 +18,7 @@ struct db_options {
     const char *primary_url;
     const char *replica_urls; /* comma-separated, may be empty */
     unsigned primary_pool_size, replica_pool_size;
-    unsigned wait_ms;              /* bounded wait for a free connection */
+    unsigned wait_ms; /* bounded wait for a free connection */
     unsigned connect_timeout_s;
     unsigned statement_timeout_ms;
     unsigned replica_max_lag_ms; /* replicas lagging more serve no reads; 0 = no limit */
@@ -66,6 +66,12 @@ PGresult *db_exec(struct db_conn *c, enum db_stmt stmt, const char *const *param
  * *out (when out is given; PQclear it), or why not. */
 enum db_status db_run_primary(struct db *db, enum db_stmt stmt, const char *const *params,
                               ExecStatusType want, PGresult **out);
+/* Appends the next piece of COPY data to piece (empty when called); false after the last. */
+typedef bool (*db_copy_fill_fn)(void *ud, struct buf *piece);
+/* Runs `COPY ... FROM STDIN` (sql), its data built by fill a piece at a time and sent as it
+ * comes, so that a large COPY never sits whole in memory. Never NULL: check
+ * db_ok(res, PGRES_COMMAND_OK). */
+PGresult *db_copy_in(struct db_conn *c, const char *sql, db_copy_fill_fn fill, void *ud);
 /* Runs a plain SQL command without parameters (BEGIN, COMMIT, ROLLBACK). */
 PGresult *db_exec_simple(struct db_conn *c, const char *sql);
 /* True when res has the expected status. */

@@ -67,25 +67,6 @@ static const struct db_stmt_def stmts[DB_STMT_COUNT_] = {
                           "FROM unnest($1::bigint[], $2::text[]) AS u(m, o) "
                           "JOIN order_keys k ON k.merchant_id = u.m AND k.order_id = u.o",
                           2},
-    [DB_INGEST_ORDERS] =
-        {"ingest_orders",
-         "INSERT INTO orders (merchant_id, placed_at, order_id, store_id, channel, fulfillment, "
-         "currency, gross_cents, discount_cents, net_cents, tax_cents, total_cents, items_sold, "
-         "promo_code, customer_ref) "
-         "SELECT m, " EPOCH_US("p") ", o, s, c, f, cur, g, d, n, t, tot, i, pc, cr "
-         "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::smallint[], "
-         "$6::smallint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
-         "$12::bigint[], $13::bigint[], $14::text[], $15::text[]) "
-         "AS u(m, p, o, s, c, f, cur, g, d, n, t, tot, i, pc, cr)",
-         15},
-    [DB_INGEST_ITEMS] = {"ingest_items",
-                         "INSERT INTO order_items (merchant_id, placed_at, order_id, line_no, sku, "
-                         "name, quantity, unit_price_cents) "
-                         "SELECT m, " EPOCH_US("p") ", o, l, s, n, q, u "
-                         "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], "
-                         "$5::text[], $6::text[], $7::bigint[], $8::bigint[]) "
-                         "AS x(m, p, o, l, s, n, q, u)",
-                         8},
     /* Deltas come pre-aggregated and sorted by key, so concurrent writers lock rollup rows in
      * one order and cannot deadlock. The same deltas, summed per merchant and UTC hour (in that
      * order), keep sales_rollup_1h; every writer (ingest, cancellation) goes through this one

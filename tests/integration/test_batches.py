@@ -588,6 +588,54 @@ def test_batch_duplicates_across_storage_groups(server, stack, make_token, merch
     assert _stored_count(stack, merchant_id) == (2500, 2500, 2500)
 
 
+def test_large_batch_again_counts_duplicates_and_conflicts(server, stack, make_token,
+                                                          merchant_id):
+    """A group of 256 orders or more looks up the keys already stored and copies the new ones
+    in: repeats are duplicates, a changed repeat a conflict, new orders are stored."""
+    token = _merchant(server, make_token, merchant_id)
+    orders = [_order(f"big-again-{n:04d}") for n in range(400)]
+    assert _result(_post_batch(server, token, merchant_id, orders))["accepted"] == 400
+    again = (orders[:300] + [_with_item(orders[300], quantity=9)] +
+             [_order(f"big-new-{n:04d}") for n in range(100)])
+    body = _result(_post_batch(server, token, merchant_id, again, fmt="ndjson"))
+    assert body["accepted"] == 100 and body["duplicates"] == 300, body["accepted"]
+    assert _rejected_map(body) == {300: ("big-again-0300", {"order_id"})}, body["rejected"]
+    assert _stored_count(stack, merchant_id) == (500, 500, 500)
+    stored = _get_order(server, token, merchant_id, "big-again-0300").json()
+    assert stored["items"][0]["quantity"] == 2, stored  # the first content stays
+
+
+def test_large_batch_racing_another_writer_for_a_key(server, stack, make_token, merchant_id):
+    """Another writer stores one of a large group's keys after the group looked its keys up:
+    the group's COPY fails on it, the group is stored again through INSERT ... ON CONFLICT,
+    and the raced order is judged against what the other writer stored (here: a conflict)."""
+    token = _merchant(server, make_token, merchant_id)
+    orders = [_order(f"race-{n:04d}") for n in range(300)]
+    conn = stack.primary()
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO order_keys (merchant_id, order_id, placed_at, content_hash) "
+                        "VALUES (%s, 'race-0000', now(), '\\x00'::bytea)", (merchant_id,))
+        first = _RawRequest(server, _batch_path(merchant_id), token, JSON_CT,
+                            [_json_body(orders)])
+        try:
+            first.sent()
+            _wait_until_storing_is_blocked(stack, "COPY order_keys")
+            conn.commit()  # the other writer's key is in: the COPY fails on it
+            status, _, data = first.response()
+        finally:
+            first.close()
+    finally:
+        conn.rollback()
+        conn.close()
+    assert status == 200, (status, data[:300])
+    result = json.loads(data)
+    assert result["accepted"] == 299 and result["duplicates"] == 0, result
+    assert [(e["index"], e["order_id"]) for e in result["rejected"]] == [(0, "race-0000")]
+    assert _stored_count(stack, merchant_id) == (299, 300, 299)
+
+
 def test_concurrent_batches_with_overlapping_orders_store_each_once(server, stack, make_token,
                                                                     merchant_id):
     """Two uploads at once sharing 1,000 orders (in opposite order): every order is stored and
@@ -897,10 +945,12 @@ def _order_key_held(stack, merchant_id, order_id):
         conn.close()
 
 
-def _wait_until_storing_is_blocked(stack):
+def _wait_until_storing_is_blocked(stack, statement="INSERT INTO order_keys"):
+    """Until a statement taking keys waits for a lock: INSERT ... ON CONFLICT for a group of
+    fewer than 256 orders, COPY for a larger one (COPY_KEYS_MIN in db/ingest.c)."""
     def blocked():
         rows = _db(stack, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                          "AND query LIKE %s", "%INSERT INTO order_keys%")
+                          "AND query LIKE %s", f"%{statement}%")
         return rows[0][0] >= 1
     assert wait_until(blocked, timeout=15), "the batch never started storing its orders"
 
