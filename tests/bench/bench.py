@@ -46,11 +46,11 @@ MODES = {
     "full": {"duration": 8, "rounds": 3, "uncached_conns": 4, "ingest_conns": 64,
              "freshness_s": 15, "batch_orders": 10_000, "batch_rounds": 3, "idle_conns": 1000,
              "concurrent_conns": 10_000, "read_conns": [64, 256], "think_ms": 1,
-             "info_reads": True},
+             "rest_s": 6, "info_reads": True},
     "smoke": {"duration": 1, "rounds": 1, "uncached_conns": 4, "ingest_conns": 64,
               "freshness_s": 2, "batch_orders": 2_000, "batch_rounds": 1, "idle_conns": 1000,
               "concurrent_conns": 2_000, "read_conns": [64, 256], "think_ms": 1,
-              "info_reads": False},
+              "rest_s": 0, "info_reads": False},
 }
 
 
@@ -781,9 +781,12 @@ class Bench:
 
     def scenario_memory(self):
         """Memory: the server's VmRSS with 1,000 idle keep-alive connections, then 10,000
-        concurrent connections each served one request."""
+        concurrent connections each served one request. It starts from the server at rest:
+        rest_s after the scenario before, the server has handed the heap that scenario freed
+        back to the system (malloc_trim, every 5 s)."""
         cfg = self.cfg
         pid = self.stack.server.pid
+        time.sleep(cfg["rest_s"])
         idle = conns.idle(self.stack.port, cfg["idle_conns"], pid)
         self.stack.check_server()
         rss = idle["rss_kib"] / 1024
