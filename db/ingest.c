@@ -175,7 +175,7 @@ struct attempt {
     bool *inserted; /* inserted[i]: the gate took orders[i] */
     size_t *by_key; /* indexes of orders sorted by (merchant_id, order_id, position) */
     bool *pii_stored; /* pii_stored[i]: orders[i]'s PII went into order_pii */
-    bool copy_keys;   /* new keys copied in (take_new_keys), not inserted through run_gate */
+    bool copy_keys;   /* new keys looked up and copied in (copy_gate), not through run_gate */
     bool key_raced;   /* copying them met a key stored meanwhile: try again with run_gate */
 };
 
@@ -369,10 +369,7 @@ static PGresult *copy_items(const struct attempt *t)
                       next_piece, &cur);
 }
 
-/* The gate of a large group, cheaper than run_gate's INSERT ... ON CONFLICT: the keys already
- * stored are looked up, and the new ones copied in, in key order. A key another writer stores
- * meanwhile fails the COPY (unique violation, key_raced), and the group is tried again through
- * run_gate. */
+/* Marks inserted the first order of each key that is not stored yet. */
 static PGresult *look_up_keys(struct attempt *t)
 {
     struct params p;
@@ -578,8 +575,6 @@ static bool step(struct attempt *t, PGresult *r, ExecStatusType want, enum db_st
     if (!ok) {
         if (strcmp(db_sqlstate(r), "23514") == 0) /* no partition of relation found for row */
             atomic_store(&partition_missing, true);
-        if (strcmp(db_sqlstate(r), "23505") == 0) /* unique violation: only copied keys */
-            t->key_raced = true;
         *failed = db_failure(t->c, r);
     }
     PQclear(r);
@@ -1102,6 +1097,24 @@ static bool store_pii(struct attempt *t, enum db_status *failed)
     return ok;
 }
 
+/* The gate of a large group, cheaper than run_gate's INSERT ... ON CONFLICT: the keys already
+ * stored are looked up, and the new ones copied in, in key order. A key another writer stores
+ * meanwhile fails the COPY (unique violation: key_raced), and the group is tried again through
+ * run_gate. */
+static bool copy_gate(struct attempt *t, enum db_status *failed)
+{
+    if (!step(t, look_up_keys(t), PGRES_TUPLES_OK, failed))
+        return false;
+    bool any = false;
+    for (size_t i = 0; i < t->n && !any; i++)
+        any = t->inserted[i];
+    if (!any) /* every key is stored already (an upload sent again) */
+        return true;
+    PGresult *r = copy_new_keys(t);
+    t->key_raced = !db_ok(r, PGRES_COMMAND_OK) && strcmp(db_sqlstate(r), "23505") == 0;
+    return step(t, r, PGRES_COMMAND_OK, failed);
+}
+
 /* One transaction over the whole group: DB_OK, or why it failed (nothing committed unless the
  * commit itself is what failed, which counts as unavailable: the outcome is unknown). */
 static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *commit)
@@ -1112,8 +1125,7 @@ static enum db_status ingest_once(struct attempt *t, struct db_ingest_commit *co
     if (!step(t, db_exec_simple(t->c, "BEGIN"), PGRES_COMMAND_OK, &failed))
         return failed;
     bool ok = step(t, lock_merchants(t), PGRES_TUPLES_OK, &failed) &&
-              (t->copy_keys ? step(t, look_up_keys(t), PGRES_TUPLES_OK, &failed) &&
-                                  step(t, copy_new_keys(t), PGRES_COMMAND_OK, &failed)
+              (t->copy_keys ? copy_gate(t, &failed)
                             : step(t, run_gate(t), PGRES_TUPLES_OK, &failed));
     size_t inserted = 0;
     for (size_t i = 0; i < t->n; i++)

@@ -684,16 +684,16 @@ PGresult *db_copy_in(struct db_conn *c, const char *sql, db_copy_fill_fn fill, v
     PQclear(r);
     int64_t deadline = now_ms() + c->pool->statement_timeout_ms + ANSWER_MARGIN_MS;
     struct buf piece = {0};
-    bool more = true, sent = true;
-    while (more && sent) {
+    bool more = true, ok = true;
+    while (more && ok) {
         piece.len = 0;
         more = fill(ud, &piece);
-        sent = piece.len <= INT_MAX && PQputCopyData(c->pg, piece.data, (int)piece.len) == 1 &&
-               flush_until(c, deadline);
+        ok = piece.len <= INT_MAX && PQputCopyData(c->pg, piece.data, (int)piece.len) == 1 &&
+             flush_until(c, deadline);
     }
     buf_free(&piece);
-    sent = PQputCopyEnd(c->pg, sent ? NULL : "the data could not be sent") == 1 && sent;
-    r = await_answer(c, sent);
+    /* On failure the server is told to fail the COPY, and its answer is awaited as usual. */
+    r = await_answer(c, PQputCopyEnd(c->pg, ok ? NULL : "the data could not be sent") == 1);
     if (PQresultStatus(r) == PGRES_FATAL_ERROR)
         note_connection_state(c);
     return r;

@@ -1,6 +1,6 @@
 /* POS batch uploads: the body is split into orders as it streams in, and the orders are parsed
- * and validated in chunks on job threads meanwhile (the HTTP thread only splits); once the body
- * is complete, they are stored on a job thread (the HTTP thread is released meanwhile), with an
+ * and validated in chunks on parse threads meanwhile (on the HTTP thread when those are busy);
+ * once the body is complete, they are stored on a job thread (the HTTP thread is released meanwhile), with an
  * optional Idempotency-Key. A large batch is stored as two transactions at once on two
  * connections, split in time at an hour boundary so that they add to different rollup rows and
  * do not wait for each other. */
@@ -244,13 +244,12 @@ static void parse_chunk_job(void *arg)
     struct batch *b = c->batch;
     parse_chunk(c);
     pthread_mutex_lock(&b->lock);
-    bool resume = --b->parsing == 0 && b->resume_when_parsed;
-    if (resume)
-        b->resume_when_parsed = false;
+    struct srv_req *resume = --b->parsing == 0 && b->resume_when_parsed ? b->req : NULL;
+    b->resume_when_parsed = b->resume_when_parsed && !resume;
     pthread_cond_broadcast(&b->parsed);
-    pthread_mutex_unlock(&b->lock);
+    pthread_mutex_unlock(&b->lock); /* b may be gone from here on, unless resume is set */
     if (resume)
-        srv_resume(b->req);
+        srv_resume(resume);
 }
 
 /* Hands the chunk being filled to a job thread, or parses it here when enough are ahead. */
@@ -264,7 +263,7 @@ static void hand_off(struct batch *b)
     b->tail = &c->next;
     struct h_app *app = b->req->app;
     pthread_mutex_lock(&b->lock);
-    bool queued = b->parsing < CHUNKS_AHEAD && jobs_submit(app->jobs, parse_chunk_job, c);
+    bool queued = b->parsing < CHUNKS_AHEAD && jobs_submit(app->parse_jobs, parse_chunk_job, c);
     b->parsing += queued;
     pthread_mutex_unlock(&b->lock);
     if (!queued)
@@ -581,6 +580,7 @@ static void answer_parsed(struct srv_req *req)
 {
     struct h_app *app = req->app;
     struct batch *b = req->handler_state;
+    wait_parsed(b); /* returns at once; what the parse threads wrote is visible after it */
     gather_parsed(b);
     if (answered_by_key(req, b))
         return;

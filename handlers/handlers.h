@@ -17,7 +17,8 @@ struct h_app {
     struct db *db;
     struct cache *cache;
     struct db_writer *writer;
-    struct jobs *jobs; /* threads for batch uploads */
+    struct jobs *jobs;       /* threads that store batch uploads and rebuild rollups */
+    struct jobs *parse_jobs; /* threads that parse batch uploads as they stream in */
     unsigned retention_months; /* raw orders kept this long; 0: forever */
     atomic_bool stopping;      /* shutdown began: long jobs stop between steps */
 };

@@ -44,6 +44,8 @@ enum {
     PEM_MAX = 1024 * KIB,
     BATCH_THREADS = 2,
     BATCH_QUEUE = 64,
+    PARSE_THREADS = 2, /* parse batch uploads as they stream in */
+    PARSE_QUEUE = 8,   /* chunks waiting at most; past that, the HTTP thread parses them */
     JOB_WATCH_S = 5,
 };
 
@@ -386,6 +388,7 @@ struct serve_state {
     struct cors *cors;           /* NULL when no cross-origin access is allowed */
     struct db_writer *writer;
     struct jobs *jobs;
+    struct jobs *parse_jobs;
     struct h_app app;
     pthread_t watcher; /* resumes abandoned reprocess jobs */
     pthread_mutex_t watch_lock;
@@ -448,6 +451,8 @@ static bool open_dependencies(struct serve_state *st)
     st->app.writer = st->writer;
     st->jobs = jobs_start(BATCH_THREADS, BATCH_QUEUE);
     st->app.jobs = st->jobs;
+    st->parse_jobs = jobs_start(PARSE_THREADS, PARSE_QUEUE);
+    st->app.parse_jobs = st->parse_jobs;
     st->app.retention_months = (unsigned)cfg->order_retention_months;
     return true;
 }
@@ -577,8 +582,10 @@ static void drain_and_stop(struct serve_state *st)
     bool drained = srv_drain(st->srv, (unsigned)st->cfg.shutdown_grace);
     if (!drained)
         log_warn("grace period over with %u request(s) in flight", srv_in_flight(st->srv));
-    srv_stop(st->srv);
+    srv_stop(st->srv); /* a batch freed here may wait for its chunks: parse_jobs still runs */
     st->srv = NULL;
+    jobs_stop(st->parse_jobs);
+    st->parse_jobs = NULL;
     stop_job_watch(st);
     atomic_store(&st->app.stopping, true); /* rebuilds stop between steps, to be resumed */
     jobs_stop(st->jobs); /* finishes the batches still being stored */
@@ -591,6 +598,7 @@ static void drain_and_stop(struct serve_state *st)
 static void close_all(struct serve_state *st)
 {
     srv_stop(st->srv);
+    jobs_stop(st->parse_jobs);
     stop_job_watch(st);
     jobs_stop(st->jobs);
     db_writer_stop(st->writer);
