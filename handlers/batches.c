@@ -1,15 +1,15 @@
-/* POS batch uploads: the body is split into orders as it streams in, and the orders are parsed
- * and validated in chunks on parse threads meanwhile (on the HTTP thread when those are busy);
- * once the body is complete, they are stored on a job thread (the HTTP thread is released meanwhile), with an
- * optional Idempotency-Key. A large batch is stored as two transactions at once on two
- * connections, split in time at an hour boundary so that they add to different rollup rows and
- * do not wait for each other. */
+/* POS batch uploads: the body is split into orders as it streams in (batch_stream.c) and the
+ * orders are parsed meanwhile (batch_parse.c); once the body is complete, they are stored on a
+ * job thread (the HTTP thread is released meanwhile), with an optional Idempotency-Key. A large
+ * batch is stored as two transactions at once on two connections, split in time at an hour
+ * boundary so that they add to different rollup rows and do not wait for each other. */
 #include "handlers/handlers.h"
 
 #include "cache/cache.h"
 #include "db/idempotency.h"
 #include "db/ingest.h"
 #include "db/merchants.h"
+#include "handlers/batch_parse.h"
 #include "handlers/batch_stream.h"
 #include "handlers/order_json.h"
 #include "server/alloc.h"
@@ -22,7 +22,6 @@
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -30,40 +29,10 @@
 enum {
     BATCH_MAX_ORDERS = 10000,
     BATCH_ORDER_MAX_BYTES = 256 * 1024,
-    BATCH_GROUP = 2500,       /* orders per transaction at most */
-    BATCH_SPLIT_MIN = 2000,   /* from this many orders, two transactions at once */
-    CHUNK_BYTES = 128 * 1024, /* order bytes handed to a job thread to parse at once */
-    CHUNKS_AHEAD = 2,         /* chunks queued or parsing at most; past that, parsed inline */
+    BATCH_GROUP = 2500,     /* orders per transaction at most */
+    BATCH_SPLIT_MIN = 2000, /* from this many orders, two transactions at once */
     HOUR_US = 3600000000LL,
     IDEMPOTENCY_KEY_MAX = 255,
-};
-
-/* One rejected order: where it was and why. */
-struct rejection {
-    size_t index;
-    json_t *entry;
-};
-
-/* What parsing made of some orders: the compact copies of the valid ones (in arena) with
- * their batch indexes, and the rejected ones. */
-struct parsed {
-    struct arena *arena;
-    struct db_order **orders;
-    size_t *indexes; /* batch index of orders[i] */
-    size_t n_orders, cap_orders;
-    struct rejection *rejected;
-    size_t n_rejected, cap_rejected;
-};
-
-/* Consecutive orders of a batch, parsed together on one thread. */
-struct chunk {
-    struct batch *batch;
-    size_t first;     /* batch index of its first order */
-    struct buf bytes; /* the orders' bytes, back to back */
-    size_t *ends;     /* ends[i]: where order i ends in bytes; SIZE_MAX: it was too large */
-    size_t n, cap;
-    struct parsed out;
-    struct chunk *next;
 };
 
 /* A batch from its first byte to its answer; lives in the request arena. */
@@ -72,15 +41,10 @@ struct batch {
     struct db_merchant merchant;
     struct order_rules rules;
     struct batch_stream stream;
+    struct batch_parse parse;
     EVP_MD_CTX *sha;
-    size_t count;          /* orders seen */
-    struct parsed all;     /* every chunk's, gathered (the orders stay in the chunks' arenas) */
-    struct chunk *filling; /* orders not handed to a parser yet */
-    struct chunk *chunks, **tail; /* every chunk handed over, in batch order */
-    pthread_mutex_t lock;         /* guards the three below */
-    pthread_cond_t parsed;        /* signalled when a chunk is parsed */
-    unsigned parsing;             /* chunks queued or being parsed on job threads */
-    bool resume_when_parsed;      /* the request is suspended until parsing is 0 */
+    size_t count;      /* orders seen */
+    struct parsed all; /* what parsing made of every order, in batch order */
     bool too_many;
     const char *key; /* Idempotency-Key, or NULL */
     bool key_open;   /* this request holds the key and has not finished or released it */
@@ -101,187 +65,20 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void free_parsed(struct parsed *p)
-{
-    for (size_t i = 0; i < p->n_rejected; i++)
-        json_decref(p->rejected[i].entry);
-    free(p->rejected);
-    free(p->orders);
-    free(p->indexes);
-    arena_free(p->arena);
-}
-
-static void free_chunk(struct chunk *c)
-{
-    buf_free(&c->bytes);
-    free(c->ends);
-    free_parsed(&c->out);
-    free(c);
-}
-
-/* Waits for the chunks still on job threads: they write into the batch. */
-static void wait_parsed(struct batch *b)
-{
-    pthread_mutex_lock(&b->lock);
-    while (b->parsing > 0)
-        pthread_cond_wait(&b->parsed, &b->lock);
-    pthread_mutex_unlock(&b->lock);
-}
-
 static void free_batch(void *p)
 {
     struct batch *b = p;
-    wait_parsed(b);    /* the request may end (client gone) while its chunks are parsed */
+    batch_parse_free(&b->parse); /* first: the request may end while its orders are parsed */
     if (b->key_open) { /* ended without an answer of its own (e.g. a body over the limit) */
         struct h_app *app = b->req->app;
         db_idempotency_release(app->db, b->req->merchant_id, b->key);
     }
     batch_stream_free(&b->stream);
     EVP_MD_CTX_free(b->sha);
-    for (struct chunk *c = b->chunks, *next; c; c = next) {
-        next = c->next;
-        free_chunk(c);
-    }
-    if (b->filling)
-        free_chunk(b->filling);
-    free_parsed(&b->all);
-    pthread_mutex_destroy(&b->lock);
-    pthread_cond_destroy(&b->parsed);
+    parsed_free(&b->all);
 }
 
-static void add_rejection(struct parsed *p, struct rejection r)
-{
-    if (p->n_rejected == p->cap_rejected) {
-        p->cap_rejected = p->cap_rejected ? 2 * p->cap_rejected : 64;
-        p->rejected = xrealloc(p->rejected, p->cap_rejected * sizeof(*p->rejected));
-    }
-    p->rejected[p->n_rejected++] = r;
-}
-
-static void reject(struct parsed *p, size_t index, const char *order_id, json_t *errors)
-{
-    json_t *entry = json_pack("{s:I, s:o, s:o}", "index", (json_int_t)index, "order_id",
-                              order_id ? json_string(order_id) : json_null(), "errors", errors);
-    add_rejection(p, (struct rejection){index, entry});
-}
-
-static void reject_with(struct parsed *p, size_t index, const char *order_id, const char *field,
-                        const char *message)
-{
-    json_t *errors = NULL;
-    problem_add_field_error(&errors, field, message);
-    reject(p, index, order_id, errors);
-}
-
-static void add_order(struct parsed *p, size_t index, struct db_order *o)
-{
-    if (p->n_orders == p->cap_orders) {
-        p->cap_orders = p->cap_orders ? 2 * p->cap_orders : 256;
-        p->orders = xrealloc(p->orders, p->cap_orders * sizeof(*p->orders));
-        p->indexes = xrealloc(p->indexes, p->cap_orders * sizeof(*p->indexes));
-    }
-    p->orders[p->n_orders] = o;
-    p->indexes[p->n_orders++] = index;
-}
-
-/* Moves what a chunk parsed to the end of the batch's lists (the orders stay in its arena). */
-static void append_parsed(struct parsed *to, struct parsed *from)
-{
-    for (size_t i = 0; i < from->n_orders; i++)
-        add_order(to, from->indexes[i], from->orders[i]);
-    for (size_t i = 0; i < from->n_rejected; i++)
-        add_rejection(to, from->rejected[i]);
-    from->n_rejected = 0; /* the entries are the batch's now */
-}
-
-/* ---- parsing, in chunks ---- */
-
-/* One order's bytes: validated; only the compact copy of a valid order is kept. */
-static void parse_order(const struct order_rules *rules, struct parsed *out, size_t index,
-                        const char *data, size_t len)
-{
-    json_error_t err;
-    json_t *obj = json_loadb(data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
-    if (!json_is_object(obj)) {
-        reject_with(out, index, NULL, "", obj ? "must be a JSON object" : "is not valid JSON");
-        json_decref(obj);
-        return;
-    }
-    struct arena *scratch = arena_new();
-    struct v_errors v = {.arena = scratch};
-    struct db_order o;
-    if (order_from_json(&v, obj, "", rules, &o))
-        add_order(out, index, db_order_copy(out->arena, &o));
-    else
-        reject(out, index,
-               json_string_value(json_object_get(obj, "order_id")) && o.order_id ? o.order_id
-                                                                                 : NULL,
-               json_incref(v.list));
-    json_decref(v.list);
-    arena_free(scratch);
-    json_decref(obj);
-}
-
-static void parse_chunk(struct chunk *c)
-{
-    c->out.arena = arena_new();
-    for (size_t i = 0, start = 0; i < c->n; i++) {
-        if (c->ends[i] == SIZE_MAX) {
-            reject_with(&c->out, c->first + i, NULL, "", "an order must be at most 256 KiB");
-            continue;
-        }
-        parse_order(&c->batch->rules, &c->out, c->first + i, c->bytes.data + start,
-                    c->ends[i] - start);
-        start = c->ends[i];
-    }
-    buf_free(&c->bytes); /* the compact copies are all that is kept */
-}
-
-/* On a job thread; the last chunk parsed resumes a request waiting for it. */
-static void parse_chunk_job(void *arg)
-{
-    struct chunk *c = arg;
-    struct batch *b = c->batch;
-    parse_chunk(c);
-    pthread_mutex_lock(&b->lock);
-    struct srv_req *resume = --b->parsing == 0 && b->resume_when_parsed ? b->req : NULL;
-    b->resume_when_parsed = b->resume_when_parsed && !resume;
-    pthread_cond_broadcast(&b->parsed);
-    pthread_mutex_unlock(&b->lock); /* b may be gone from here on, unless resume is set */
-    if (resume)
-        srv_resume(resume);
-}
-
-/* Hands the chunk being filled to a job thread, or parses it here when enough are ahead. */
-static void hand_off(struct batch *b)
-{
-    struct chunk *c = b->filling;
-    if (!c)
-        return;
-    b->filling = NULL;
-    *b->tail = c;
-    b->tail = &c->next;
-    struct h_app *app = b->req->app;
-    pthread_mutex_lock(&b->lock);
-    bool queued = b->parsing < CHUNKS_AHEAD && jobs_submit(app->parse_jobs, parse_chunk_job, c);
-    b->parsing += queued;
-    pthread_mutex_unlock(&b->lock);
-    if (!queued)
-        parse_chunk(c);
-}
-
-static void chunk_add(struct chunk *c, const char *data, size_t len, bool too_large)
-{
-    if (c->n == c->cap) {
-        c->cap = c->cap ? 2 * c->cap : 256;
-        c->ends = xrealloc(c->ends, c->cap * sizeof(*c->ends));
-    }
-    if (!too_large)
-        buf_append(&c->bytes, data, len);
-    c->ends[c->n++] = too_large ? SIZE_MAX : c->bytes.len;
-}
-
-/* One order's bytes, from the stream splitter: added to the chunk being filled. */
+/* One order's bytes, from the stream splitter: on to the parser. */
 static bool take_order(void *ud, const char *data, size_t len, bool too_large)
 {
     struct batch *b = ud;
@@ -290,22 +87,8 @@ static bool take_order(void *ud, const char *data, size_t len, bool too_large)
         b->too_many = true;
         return false;
     }
-    if (!b->filling) {
-        b->filling = xcalloc(1, sizeof(*b->filling));
-        b->filling->batch = b;
-        b->filling->first = index;
-    }
-    chunk_add(b->filling, data, len, too_large);
-    if (b->filling->bytes.len >= CHUNK_BYTES)
-        hand_off(b);
+    batch_parse_add(&b->parse, index, data, len, too_large);
     return true;
-}
-
-/* Once every chunk is parsed: their results, in batch order. */
-static void gather_parsed(struct batch *b)
-{
-    for (struct chunk *c = b->chunks; c; c = c->next)
-        append_parsed(&b->all, &c->out);
 }
 
 static bool valid_idempotency_key(const char *k)
@@ -325,9 +108,7 @@ static struct batch *start_batch(struct srv_req *req)
     struct h_app *app = req->app;
     struct batch *b = arena_zalloc(req->arena, sizeof(*b));
     b->req = req;
-    b->tail = &b->chunks;
-    pthread_mutex_init(&b->lock, NULL);
-    pthread_cond_init(&b->parsed, NULL);
+    batch_parse_init(&b->parse, app->parse_jobs, &b->rules);
     b->sha = EVP_MD_CTX_new();
     EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL);
     arena_defer(req->arena, free_batch, b);
@@ -386,11 +167,11 @@ static void count_result(struct batch *b, size_t i, enum db_ingest_result r)
         b->duplicates++;
         break;
     case INGEST_CONFLICT:
-        reject_with(&b->all, b->all.indexes[i], o->order_id, "order_id",
+        parsed_reject(&b->all, b->all.indexes[i], o->order_id, "order_id",
                     "an order with this order_id and different content exists");
         break;
     case INGEST_FAILED:
-        reject_with(&b->all, b->all.indexes[i], o->order_id, "", "the order could not be stored");
+        parsed_reject(&b->all, b->all.indexes[i], o->order_id, "", "the order could not be stored");
         break;
     case INGEST_UNAVAILABLE:
         b->unavailable = true;
@@ -580,8 +361,7 @@ static void answer_parsed(struct srv_req *req)
 {
     struct h_app *app = req->app;
     struct batch *b = req->handler_state;
-    wait_parsed(b); /* returns at once; what the parse threads wrote is visible after it */
-    gather_parsed(b);
+    batch_parse_gather(&b->parse, &b->all);
     if (answered_by_key(req, b))
         return;
     if (b->too_many || b->malformed) {
@@ -616,15 +396,6 @@ void h_batches_post(struct srv_req *req)
     finish_hash(b);
     if (!b->too_many && !b->malformed && !batch_stream_finish(&b->stream))
         b->malformed = b->stream.error;
-    if (!b->too_many && !b->malformed)
-        hand_off(b); /* the last orders */
-    pthread_mutex_lock(&b->lock);
-    bool wait = b->parsing > 0;
-    if (wait) { /* the last chunk parsed resumes the request */
-        b->resume_when_parsed = true;
-        srv_suspend(req, answer_parsed);
-    }
-    pthread_mutex_unlock(&b->lock);
-    if (!wait)
+    if (batch_parse_finish(&b->parse, req, answer_parsed))
         answer_parsed(req);
 }
