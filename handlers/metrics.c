@@ -441,32 +441,43 @@ struct metrics_read {
     uint64_t min_lsn;
 };
 
-static json_t *bucket_json(const char *start, const struct db_sales_figures *f)
+/* One bucket of a sales series. The sales body is written as text, not built as a jansson
+ * tree and dumped: that took a third of an uncached read's server CPU. */
+static void bucket_out(struct buf *b, const char *start, const struct db_sales_figures *f)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "start", start, "orders",
-                     (json_int_t)f->orders, "cancelled_orders", (json_int_t)f->cancelled_orders,
-                     "items_sold", (json_int_t)f->items_sold, "gross_sales_cents",
-                     (json_int_t)f->gross_cents, "discounts_cents", (json_int_t)f->discount_cents,
-                     "net_sales_cents", (json_int_t)f->net_cents, "tax_cents",
-                     (json_int_t)f->tax_cents, "total_sales_cents", (json_int_t)f->total_cents,
-                     "average_order_value_cents",
-                     (json_int_t)h_metrics_round_half_up(f->net_cents, f->orders));
+    static const char *const keys[] = {
+        ",\"orders\":",          ",\"cancelled_orders\":", ",\"items_sold\":",
+        ",\"gross_sales_cents\":", ",\"discounts_cents\":",  ",\"net_sales_cents\":",
+        ",\"tax_cents\":",       ",\"total_sales_cents\":", ",\"average_order_value_cents\":"};
+    const int64_t values[] = {f->orders,         f->cancelled_orders, f->items_sold,
+                              f->gross_cents,    f->discount_cents,   f->net_cents,
+                              f->tax_cents,      f->total_cents,
+                              h_metrics_round_half_up(f->net_cents, f->orders)};
+    json_out_raw(b, "{\"start\":");
+    json_out_string(b, start);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_out_raw(b, keys[i]);
+        json_out_int(b, values[i]);
+    }
+    json_out_raw(b, "}");
 }
 
 /* Every bucket of one series, zero-filled; cells hold that series' cells by bucket. */
-static json_t *buckets_json(char *const *labels, size_t n_buckets,
-                            const struct db_sales_cell *const *cells, size_t n_cells)
+static void buckets_out(struct buf *b, char *const *labels, size_t n_buckets,
+                        const struct db_sales_cell *const *cells, size_t n_cells)
 {
     static const struct db_sales_figures zero;
-    json_t *buckets = json_array();
     size_t c = 0;
-    for (size_t b = 0; b < n_buckets; b++) {
+    json_out_raw(b, "[");
+    for (size_t i = 0; i < n_buckets; i++) {
         const struct db_sales_figures *f = &zero;
-        if (c < n_cells && cells[c]->bucket == b)
+        if (c < n_cells && cells[c]->bucket == i)
             f = &cells[c++]->figures;
-        json_array_append_new(buckets, bucket_json(labels[b], f));
+        if (i > 0)
+            json_out_raw(b, ",");
+        bucket_out(b, labels[i], f);
     }
-    return buckets;
+    json_out_raw(b, "]");
 }
 
 /* A cell and what its group sorts by: the key's API name, or NULL (store ids sort as numbers). */
@@ -497,21 +508,22 @@ static struct sortable_cell *cells_by_group(struct arena *a, const struct db_sal
     return sorted;
 }
 
-static json_t *group_json(struct arena *a, const char *group_by, int64_t key, json_t *buckets)
+static void group_key_out(struct buf *b, struct arena *a, const char *group_by, int64_t key)
 {
-    json_t *k = strcmp(group_by, "store_id") == 0
-                    ? json_integer((json_int_t)key)
-                    : json_string(h_metrics_group_key_name(a, group_by, key));
-    return json_pack("{s:o, s:o}", "key", k, "buckets", buckets);
+    if (strcmp(group_by, "store_id") == 0)
+        json_out_int(b, key);
+    else
+        json_out_string(b, h_metrics_group_key_name(a, group_by, key));
 }
 
 /* One series per key with any order (cancelled ones included) in the range, sorted by key. */
-static json_t *groups_json(struct arena *a, const struct db_sales_series *s, char *const *labels,
-                           const char *group_by)
+static void groups_out(struct buf *b, struct arena *a, const struct db_sales_series *s,
+                       char *const *labels, const char *group_by)
 {
     struct sortable_cell *sorted = cells_by_group(a, s, group_by);
     const struct db_sales_cell **cells = arena_alloc(a, (s->n_cells + 1) * sizeof(*cells));
-    json_t *groups = json_array();
+    bool first = true;
+    json_out_raw(b, "[");
     for (size_t start = 0, end; start < s->n_cells; start = end) {
         int64_t key = sorted[start].cell->key;
         bool any_orders = false;
@@ -520,21 +532,25 @@ static json_t *groups_json(struct arena *a, const struct db_sales_series *s, cha
             cells[end - start] = sorted[end].cell;
             any_orders = any_orders || f->orders > 0 || f->cancelled_orders > 0;
         }
-        if (any_orders)
-            json_array_append_new(
-                groups, group_json(a, group_by, key,
-                                   buckets_json(labels, s->n_buckets, cells, end - start)));
+        if (!any_orders)
+            continue;
+        json_out_raw(b, first ? "{\"key\":" : ",{\"key\":");
+        first = false;
+        group_key_out(b, a, group_by, key);
+        json_out_raw(b, ",\"buckets\":");
+        buckets_out(b, labels, s->n_buckets, cells, end - start);
+        json_out_raw(b, "}");
     }
-    return groups;
+    json_out_raw(b, "]");
 }
 
-static json_t *ungrouped_buckets_json(struct arena *a, const struct db_sales_series *s,
-                                      char *const *labels)
+static void ungrouped_buckets_out(struct buf *b, struct arena *a,
+                                  const struct db_sales_series *s, char *const *labels)
 {
     const struct db_sales_cell **cells = arena_alloc(a, (s->n_cells + 1) * sizeof(*cells));
     for (size_t i = 0; i < s->n_cells; i++)
         cells[i] = &s->cells[i];
-    return buckets_json(labels, s->n_buckets, cells, s->n_cells);
+    buckets_out(b, labels, s->n_buckets, cells, s->n_cells);
 }
 
 static char *local_label(struct arena *a, const char *local, int32_t utc_offset_s)
@@ -564,23 +580,53 @@ static json_t *header_json(struct srv_req *req, const struct db_sales_instant *f
     return body;
 }
 
-static json_t *sales_json(struct srv_req *req, const struct sales_request *sr,
-                          const struct db_sales_series *s)
+/* header_json's fields, as text; the object is left open. */
+static void header_out(struct buf *b, struct srv_req *req, const struct db_sales_instant *from,
+                       const struct db_sales_instant *to, const char *granularity,
+                       const char *timezone, const char *currency, int64_t as_of_us)
+{
+    char as_of[32], label[H_METRICS_LABEL_MAX];
+    v_format_utc(as_of_us, as_of);
+    json_out_raw(b, "{\"merchant_id\":");
+    json_out_int(b, req->merchant_id);
+    json_out_raw(b, ",\"from\":");
+    h_metrics_format_local(from->local, from->utc_offset_s, label);
+    json_out_string(b, label);
+    json_out_raw(b, ",\"to\":");
+    h_metrics_format_local(to->local, to->utc_offset_s, label);
+    json_out_string(b, label);
+    if (granularity) {
+        json_out_raw(b, ",\"granularity\":");
+        json_out_string(b, granularity);
+    }
+    json_out_raw(b, ",\"timezone\":");
+    json_out_string(b, timezone);
+    json_out_raw(b, ",\"currency\":");
+    json_out_string(b, currency);
+    json_out_raw(b, ",\"as_of\":");
+    json_out_string(b, as_of);
+}
+
+static void sales_out(struct buf *b, struct srv_req *req, const struct sales_request *sr,
+                      const struct db_sales_series *s)
 {
     struct arena *a = req->arena;
     char **labels = arena_alloc(a, (s->n_buckets + 1) * sizeof(*labels));
     for (size_t i = 0; i < s->n_buckets; i++)
         labels[i] = local_label(a, s->buckets[i].local_start, s->buckets[i].utc_offset_s);
-    json_t *body = header_json(req, &s->from, &s->to, sr->params.granularity, sr->timezone,
-                               sr->currency, s->as_of_us);
+    header_out(b, req, &s->from, &s->to, sr->params.granularity, sr->timezone, sr->currency,
+               s->as_of_us);
     const char *group_by = sr->params.group_by;
     if (!group_by) {
-        json_object_set_new(body, "buckets", ungrouped_buckets_json(a, s, labels));
-        return body;
+        json_out_raw(b, ",\"buckets\":");
+        ungrouped_buckets_out(b, a, s, labels);
+    } else {
+        json_out_raw(b, ",\"group_by\":");
+        json_out_string(b, group_by);
+        json_out_raw(b, ",\"groups\":");
+        groups_out(b, a, s, labels, group_by);
     }
-    json_object_set_new(body, "group_by", json_string(group_by));
-    json_object_set_new(body, "groups", groups_json(a, s, labels, group_by));
-    return body;
+    json_out_raw(b, "}");
 }
 
 /* average_delivery_minutes: the mean rounded half up to one decimal, or null. */
@@ -758,6 +804,13 @@ static struct db_sales_query sales_query(const struct srv_req *req, const struct
 }
 
 /* Serializes body into mr's entry with its ETag (body is released). */
+static void set_entry_text(struct srv_req *req, struct metrics_read *mr, const struct buf *text)
+{
+    mr->entry.body = arena_strndup(req->arena, text->data ? text->data : "", text->len);
+    mr->entry.body_len = text->len;
+    mr->entry.etag = etag_of(req->arena, mr->entry.body, mr->entry.body_len);
+}
+
 static void set_entry(struct srv_req *req, struct metrics_read *mr, json_t *body)
 {
     mr->entry.body = json_to_arena(req->arena, body, &mr->entry.body_len);
@@ -801,7 +854,10 @@ static bool compute_sales(struct srv_req *req, const void *params, struct metric
         srv_reply_validation(req, v.list);
         return false;
     }
-    set_entry(req, mr, sales_json(req, sr, &s));
+    struct buf body = {0};
+    sales_out(&body, req, sr, &s);
+    set_entry_text(req, mr, &body);
+    buf_free(&body);
     *version = s.data_version;
     return true;
 }

@@ -4,6 +4,7 @@
 #include "server/arena.h"
 #include "server/buf.h"
 #include "server/crypto.h"
+#include "server/json.h"
 
 #include <ctype.h>
 #include <openssl/sha.h>
@@ -287,192 +288,65 @@ static const char *pii_mac_hex(const struct db_order *o, char hex[2 * CRYPTO_MAC
 
 /* The canonical text of an order is the JSON that jansson 2.14's json_dumps(JSON_COMPACT |
  * JSON_SORT_KEYS) wrote when the first content hashes were stored; stored hashes depend on it,
- * so it must not change by a byte (tests/unit/test_order_json.c compares it with jansson). It
- * is built in a stack buffer that moves to the heap only for an unusually large order. */
-struct canon {
-    char *data;
-    size_t len, cap;
-    char stack[4096];
-};
-
-static void canon_init(struct canon *c)
+ * so it must not change by a byte (tests/unit/test_order_json.c compares it with jansson). */
+static void canon_item(struct buf *c, const struct db_item *item)
 {
-    c->data = c->stack;
-    c->len = 0;
-    c->cap = sizeof(c->stack);
-}
-
-static void canon_free(struct canon *c)
-{
-    if (c->data != c->stack)
-        free(c->data);
-}
-
-/* Where n more bytes go. */
-static char *canon_reserve(struct canon *c, size_t n)
-{
-    if (n > c->cap - c->len) {
-        size_t cap = 2 * (c->len + n);
-        char *grown = xmalloc(cap);
-        memcpy(grown, c->data, c->len);
-        canon_free(c);
-        c->data = grown;
-        c->cap = cap;
-    }
-    return c->data + c->len;
-}
-
-static void canon_bytes(struct canon *c, const char *s, size_t n)
-{
-    memcpy(canon_reserve(c, n), s, n);
-    c->len += n;
-}
-
-static void canon_literal(struct canon *c, const char *s)
-{
-    canon_bytes(c, s, strlen(s));
-}
-
-/* As printf's "%lld" writes it. */
-static void canon_int(struct canon *c, int64_t n)
-{
-    char digits[24];
-    size_t i = sizeof(digits);
-    uint64_t u = n < 0 ? 0 - (uint64_t)n : (uint64_t)n;
-    do {
-        digits[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (n < 0)
-        digits[--i] = '-';
-    canon_bytes(c, digits + i, sizeof(digits) - i);
-}
-
-/* The letter of a two-character escape (\" \\ \b \f \n \r \t), or 0. */
-static char short_escape(unsigned char ch)
-{
-    switch (ch) {
-    case '"':
-        return '"';
-    case '\\':
-        return '\\';
-    case '\b':
-        return 'b';
-    case '\f':
-        return 'f';
-    case '\n':
-        return 'n';
-    case '\r':
-        return 'r';
-    case '\t':
-        return 't';
-    default:
-        return 0;
-    }
-}
-
-static char *write_escape(char *p, unsigned char ch)
-{
-    static const char hex[] = "0123456789ABCDEF"; /* jansson writes \u001F, not \u001f */
-    char letter = short_escape(ch);
-    *p++ = '\\';
-    if (letter) {
-        *p++ = letter;
-        return p;
-    }
-    memcpy(p, "u00", 3);
-    p[3] = hex[ch >> 4];
-    p[4] = hex[ch & 15];
-    return p + 5;
-}
-
-/* A string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: '"', '\\' and
- * the control characters below 0x20 escaped; DEL, '/', U+2028, U+2029 and all other UTF-8
- * written as they are (s is valid UTF-8, whose multi-byte sequences have no byte below 0x80,
- * so escaping byte by byte is escaping code point by code point). */
-static void canon_string(struct canon *c, const char *s)
-{
-    size_t n = strlen(s);
-    char *start = canon_reserve(c, 6 * n + 2), *p = start;
-    *p++ = '"';
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch >= 0x20 && ch != '"' && ch != '\\')
-            *p++ = (char)ch;
-        else
-            p = write_escape(p, ch);
-    }
-    *p++ = '"';
-    c->len += (size_t)(p - start);
-}
-
-static void canon_string_or_null(struct canon *c, const char *s)
-{
-    if (s)
-        canon_string(c, s);
-    else
-        canon_literal(c, "null");
-}
-
-static void canon_item(struct canon *c, const struct db_item *item)
-{
-    canon_literal(c, "[");
-    canon_string(c, item->sku);
-    canon_literal(c, ",");
-    canon_string(c, item->name);
-    canon_literal(c, ",");
-    canon_int(c, item->quantity);
-    canon_literal(c, ",");
-    canon_int(c, item->unit_price_cents);
-    canon_literal(c, "]");
+    json_out_raw(c, "[");
+    json_out_string(c, item->sku);
+    json_out_raw(c, ",");
+    json_out_string(c, item->name);
+    json_out_raw(c, ",");
+    json_out_int(c, item->quantity);
+    json_out_raw(c, ",");
+    json_out_int(c, item->unit_price_cents);
+    json_out_raw(c, "]");
 }
 
 /* Every stored field, normalized (placed_at as UTC microseconds, defaults filled in), keys in
  * byte order, no whitespace, null for an absent customer_ref or promo_code; the customer's
  * personal data only as its keyed MAC ("customer_pii", absent when none). */
-static void write_canonical_order(struct canon *c, const struct db_order *o, const char *pii_mac)
+static void write_canonical_order(struct buf *c, const struct db_order *o, const char *pii_mac)
 {
-    canon_literal(c, "{\"channel\":");
-    canon_string(c, channel_names[o->channel]);
-    canon_literal(c, ",\"currency\":");
-    canon_string(c, o->currency);
+    json_out_raw(c, "{\"channel\":");
+    json_out_string(c, channel_names[o->channel]);
+    json_out_raw(c, ",\"currency\":");
+    json_out_string(c, o->currency);
     if (pii_mac) {
-        canon_literal(c, ",\"customer_pii\":");
-        canon_string(c, pii_mac);
+        json_out_raw(c, ",\"customer_pii\":");
+        json_out_string(c, pii_mac);
     }
-    canon_literal(c, ",\"customer_ref\":");
-    canon_string_or_null(c, o->customer_ref);
-    canon_literal(c, ",\"discount_cents\":");
-    canon_int(c, o->discount_cents);
-    canon_literal(c, ",\"fulfillment\":");
-    canon_string(c, fulfillment_names[o->fulfillment]);
-    canon_literal(c, ",\"items\":[");
+    json_out_raw(c, ",\"customer_ref\":");
+    json_out_string(c, o->customer_ref);
+    json_out_raw(c, ",\"discount_cents\":");
+    json_out_int(c, o->discount_cents);
+    json_out_raw(c, ",\"fulfillment\":");
+    json_out_string(c, fulfillment_names[o->fulfillment]);
+    json_out_raw(c, ",\"items\":[");
     for (size_t i = 0; i < o->n_items; i++) {
         if (i > 0)
-            canon_literal(c, ",");
+            json_out_raw(c, ",");
         canon_item(c, &o->items[i]);
     }
-    canon_literal(c, "],\"order_id\":");
-    canon_string(c, o->order_id);
-    canon_literal(c, ",\"placed_at_us\":");
-    canon_int(c, o->placed_at_us);
-    canon_literal(c, ",\"promo_code\":");
-    canon_string_or_null(c, o->promo_code);
-    canon_literal(c, ",\"store_id\":");
-    canon_int(c, o->store_id);
-    canon_literal(c, ",\"tax_cents\":");
-    canon_int(c, o->tax_cents);
-    canon_literal(c, "}");
+    json_out_raw(c, "],\"order_id\":");
+    json_out_string(c, o->order_id);
+    json_out_raw(c, ",\"placed_at_us\":");
+    json_out_int(c, o->placed_at_us);
+    json_out_raw(c, ",\"promo_code\":");
+    json_out_string(c, o->promo_code);
+    json_out_raw(c, ",\"store_id\":");
+    json_out_int(c, o->store_id);
+    json_out_raw(c, ",\"tax_cents\":");
+    json_out_int(c, o->tax_cents);
+    json_out_raw(c, "}");
 }
 
 void order_content_hash(const struct db_order *o, unsigned char hash[ORDER_HASH_BYTES])
 {
     char mac_hex[2 * CRYPTO_MAC_BYTES + 1];
-    struct canon c;
-    canon_init(&c);
+    struct buf c = {0};
     write_canonical_order(&c, o, pii_mac_hex(o, mac_hex));
     SHA256((const unsigned char *)c.data, c.len, hash);
-    canon_free(&c);
+    buf_free(&c);
 }
 
 struct order_rules order_rules_for(int64_t merchant_id, const char *currency, int64_t now_us,
