@@ -798,7 +798,7 @@ class Bench:
                  "result": "PASS" if rss <= 64 else "FAIL", "details": idle}]
         if idle["served"] != cfg["idle_conns"]:
             raise ScenarioError(f"idle connections: {idle['served']} of {cfg['idle_conns']} "
-                                f"served ({idle['connect_errors']})")
+                                f"served ({idle['connect_errors'] + idle['request_errors']})")
         many = conns.concurrent(self.stack.port, cfg["concurrent_conns"], pid)
         self.stack.check_server()
         n = cfg["concurrent_conns"]

@@ -81,12 +81,14 @@ async def _idle(port, n, pid, settle_s):
     statuses = await asyncio.gather(
         *(_exchange(r, w, 30) for r, w in (c for c in conns if c)), return_exceptions=True)
     ok = sum(1 for s in statuses if s == 200)
+    failed = [repr(s) for s in statuses if s != 200]
     await asyncio.sleep(settle_s)  # every connection now idle, kept alive by the server
     with_open = rss_kib(pid)
     open_still = sum(1 for c in conns if c and not c[0].at_eof())
     _close(conns)
     return {"connections": n, "served": ok, "still_open": open_still,
-            "connect_errors": errors[:5], "rss_before_kib": before, "rss_kib": with_open}
+            "connect_errors": errors[:5], "request_errors": failed[:5],
+            "rss_before_kib": before, "rss_kib": with_open}
 
 
 async def _concurrent(port, n, pid):
