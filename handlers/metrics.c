@@ -561,26 +561,7 @@ static char *local_label(struct arena *a, const char *local, int32_t utc_offset_
 }
 
 /* The header every metrics body starts with (API.md): merchant_id, from, to, granularity
- * (when the route has one, else NULL), timezone, currency, as_of. */
-static json_t *header_json(struct srv_req *req, const struct db_sales_instant *from,
-                           const struct db_sales_instant *to, const char *granularity,
-                           const char *timezone, const char *currency, int64_t as_of_us)
-{
-    struct arena *a = req->arena;
-    char as_of[32];
-    v_format_utc(as_of_us, as_of);
-    json_t *body = json_pack("{s:I, s:s, s:s}", "merchant_id", (json_int_t)req->merchant_id, "from",
-                             local_label(a, from->local, from->utc_offset_s), "to",
-                             local_label(a, to->local, to->utc_offset_s));
-    if (granularity)
-        json_object_set_new(body, "granularity", json_string(granularity));
-    json_object_set_new(body, "timezone", json_string(timezone));
-    json_object_set_new(body, "currency", json_string(currency));
-    json_object_set_new(body, "as_of", json_string(as_of));
-    return body;
-}
-
-/* header_json's fields, as text; the object is left open. */
+ * (when the route has one, else NULL), timezone, currency, as_of; the object is left open. */
 static void header_out(struct buf *b, struct srv_req *req, const struct db_sales_instant *from,
                        const struct db_sales_instant *to, const char *granularity,
                        const char *timezone, const char *currency, int64_t as_of_us)
@@ -637,13 +618,12 @@ static json_t *average_minutes_json(const struct db_delivery_figures *f)
     return json_real((double)h_metrics_mean_minutes_tenths(f->delivered_us, f->delivered) / 10.0);
 }
 
-static json_t *deliveries_json(struct srv_req *req, const struct sales_request *sr,
-                               const struct db_delivery_series *d)
+/* The fields after the header, for fields_out. */
+static json_t *deliveries_fields(struct srv_req *req, const struct db_delivery_series *d)
 {
     struct arena *a = req->arena;
     const struct db_sales_series *s = &d->frame;
-    json_t *body = header_json(req, &s->from, &s->to, sr->params.granularity, sr->timezone,
-                               sr->currency, s->as_of_us);
+    json_t *body = json_object();
     json_t *buckets = json_array();
     for (size_t i = 0; i < s->n_buckets; i++) {
         const struct db_delivery_figures *f = &d->figures[i];
@@ -659,11 +639,10 @@ static json_t *deliveries_json(struct srv_req *req, const struct sales_request *
     return body;
 }
 
-static json_t *products_json(struct srv_req *req, const struct h_metrics_products_params *p,
-                             const struct metrics_read *mr, const struct db_ranking *r)
+static json_t *products_fields(const struct h_metrics_products_params *p,
+                               const struct db_ranking *r)
 {
-    json_t *body =
-        header_json(req, &r->from, &r->to, NULL, mr->timezone, mr->currency, r->as_of_us);
+    json_t *body = json_object();
     json_t *products = json_array();
     for (size_t i = 0; i < r->n; i++) {
         const struct db_product_row *row = &r->products[i];
@@ -677,11 +656,9 @@ static json_t *products_json(struct srv_req *req, const struct h_metrics_product
     return body;
 }
 
-static json_t *promotions_json(struct srv_req *req, const struct metrics_read *mr,
-                               const struct db_ranking *r)
+static json_t *promotions_fields(const struct db_ranking *r)
 {
-    json_t *body =
-        header_json(req, &r->from, &r->to, NULL, mr->timezone, mr->currency, r->as_of_us);
+    json_t *body = json_object();
     json_t *promotions = json_array();
     for (size_t i = 0; i < r->n; i++) {
         const struct db_promotion_row *row = &r->promotions[i];
@@ -803,19 +780,29 @@ static struct db_sales_query sales_query(const struct srv_req *req, const struct
                                    .group_by = p->group_by};
 }
 
-/* Serializes body into mr's entry with its ETag (body is released). */
-static void set_entry_text(struct srv_req *req, struct metrics_read *mr, const struct buf *text)
+/* Closes a body that header_out began with fields' members, in their order (fields is
+ * released): the routes other than sales build these with jansson. */
+static void fields_out(struct buf *b, json_t *fields)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach(fields, key, value) {
+        json_out_raw(b, ",");
+        json_out_string(b, key);
+        json_out_raw(b, ":");
+        json_out_value(b, value);
+    }
+    json_out_raw(b, "}");
+    json_decref(fields);
+}
+
+/* Makes the body text mr's entry, with its ETag (text is freed). */
+static void set_entry(struct srv_req *req, struct metrics_read *mr, struct buf *text)
 {
     mr->entry.body = arena_strndup(req->arena, text->data ? text->data : "", text->len);
     mr->entry.body_len = text->len;
     mr->entry.etag = etag_of(req->arena, mr->entry.body, mr->entry.body_len);
-}
-
-static void set_entry(struct srv_req *req, struct metrics_read *mr, json_t *body)
-{
-    mr->entry.body = json_to_arena(req->arena, body, &mr->entry.body_len);
-    json_decref(body);
-    mr->entry.etag = etag_of(req->arena, mr->entry.body, mr->entry.body_len);
+    buf_free(text);
 }
 
 /* False, after replying, when a computation failed (the time zone PostgreSQL does not know,
@@ -856,8 +843,7 @@ static bool compute_sales(struct srv_req *req, const void *params, struct metric
     }
     struct buf body = {0};
     sales_out(&body, req, sr, &s);
-    set_entry_text(req, mr, &body);
-    buf_free(&body);
+    set_entry(req, mr, &body);
     *version = s.data_version;
     return true;
 }
@@ -880,7 +866,12 @@ static bool compute_deliveries(struct srv_req *req, const void *params, struct m
         srv_reply_validation(req, v.list);
         return false;
     }
-    set_entry(req, mr, deliveries_json(req, sr, &d));
+    struct buf body = {0};
+    const struct db_sales_series *s = &d.frame;
+    header_out(&body, req, &s->from, &s->to, sr->params.granularity, sr->timezone, sr->currency,
+               s->as_of_us);
+    fields_out(&body, deliveries_fields(req, &d));
+    set_entry(req, mr, &body);
     *version = d.frame.data_version;
     return true;
 }
@@ -907,7 +898,10 @@ static bool compute_products(struct srv_req *req, const void *params, struct met
         srv_reply_validation(req, v.list);
         return false;
     }
-    set_entry(req, mr, products_json(req, p, mr, &r));
+    struct buf body = {0};
+    header_out(&body, req, &r.from, &r.to, NULL, mr->timezone, mr->currency, r.as_of_us);
+    fields_out(&body, products_fields(p, &r));
+    set_entry(req, mr, &body);
     *version = r.data_version;
     return true;
 }
@@ -930,7 +924,10 @@ static bool compute_promotions(struct srv_req *req, const void *params, struct m
         srv_reply_validation(req, v.list);
         return false;
     }
-    set_entry(req, mr, promotions_json(req, mr, &r));
+    struct buf body = {0};
+    header_out(&body, req, &r.from, &r.to, NULL, mr->timezone, mr->currency, r.as_of_us);
+    fields_out(&body, promotions_fields(&r));
+    set_entry(req, mr, &body);
     *version = r.data_version;
     return true;
 }

@@ -23,10 +23,16 @@ static int append_to_buf(const char *data, size_t size, void *ud)
 
 /* Dumped once into a growing buffer, then copied: json_dumpb would have to dump twice, once
  * to learn the size (that was a third of an uncached metrics read's CPU). */
+void json_out_value(struct buf *b, const json_t *value)
+{
+    json_dump_callback(value, append_to_buf, b,
+                       JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+}
+
 char *json_to_arena(struct arena *a, const json_t *value, size_t *len)
 {
     struct buf b = {0};
-    json_dump_callback(value, append_to_buf, &b, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_out_value(&b, value);
     *len = b.len;
     char *out = arena_strndup(a, b.data ? b.data : "", b.len);
     buf_free(&b);

@@ -22,6 +22,8 @@ json_t *json_arena_own(struct arena *a, json_t *value);
 void json_out_string(struct buf *b, const char *s);
 /* An integer as jansson (printf's "%lld") writes it. */
 void json_out_int(struct buf *b, int64_t v);
+/* Any value as json_to_arena serializes it. */
+void json_out_value(struct buf *b, const json_t *value);
 /* A literal piece of JSON text: punctuation, and keys that need no escaping. */
 void json_out_raw(struct buf *b, const char *text);
 
